@@ -1,0 +1,38 @@
+# The two commands a new user types: `make run` and `make test`.
+# Everything else (virtual environment, install, migrations) happens on the way.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+export BROKER_DEV_MODE ?= true
+
+.PHONY: run test lint venv bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/broker migrate
+	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/broker serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check broker tests bench migrations
+	$(BIN)/mypy broker
+
+test: $(STAMP) lint
+	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/pytest -q
+
+bench: $(STAMP)
+	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/catalog.py
+	$(BIN)/python bench/charter.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

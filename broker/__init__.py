@@ -1,0 +1,3 @@
+"""A consent broker for personal health data."""
+
+__version__ = "0.1.0"

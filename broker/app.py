@@ -1,0 +1,176 @@
+"""``create_app(settings)``: wires settings, database, keys, charter and routes into Litestar."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin
+from litestar.types import Message, Scope
+from sqlalchemy.orm import Session
+
+from broker import __version__
+from broker.catalog import repository
+from broker.catalog.enforcement import CharterInForce
+from broker.catalog.routes import admin_router, registry_router
+from broker.charter import load_charter
+from broker.db import make_engine, make_session_factory, transaction
+from broker.discovery import authorization_server_metadata, jwks, metadata
+from broker.errors import BrokerError, InvalidToken, OAuthError
+from broker.keys import KeyStore
+from broker.settings import Settings
+
+log = logging.getLogger("broker")
+
+TEMPLATES = Path(__file__).parent / "web" / "templates"
+OAUTH_PATHS = ("/register",)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'",
+}
+
+
+def _is_oauth_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OAUTH_PATHS)
+
+
+def _problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(body, status_code=status, media_type="application/problem+json",
+                    headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _oauth_response(status: int, error: str, description: str) -> Response[Any]:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        # RFC 6750 §3: tell the client which scheme and what went wrong.
+        headers["WWW-Authenticate"] = f'Bearer error="{error}"'
+    return Response({"error": error, "error_description": description}, status_code=status,
+                    media_type=MediaType.JSON, headers=headers)
+
+
+def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Any]:
+    if isinstance(exc, OAuthError) or (_is_oauth_path(request.url.path) and exc.status < 500):
+        error = exc.error if isinstance(exc, OAuthError) else (
+            "invalid_token" if exc.status == 401 else "invalid_client_metadata"
+            if exc.status in (400, 415) else "invalid_request"
+        )
+        return _oauth_response(exc.status, error, exc.detail)
+    return _problem_response(exc.status, exc.problem(request.url.path))
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status == 413:
+        limit = request.app.state.settings.max_body_bytes
+        detail = f"the request body is larger than the {limit} bytes this broker accepts"
+    else:
+        detail = exc.detail
+    if status >= 500:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        detail = "an internal error occurred; it has been logged"
+    if _is_oauth_path(request.url.path) and status < 500:
+        error = "invalid_request" if status != 401 else InvalidToken.error
+        return _oauth_response(status, error, detail)
+    body = {"type": "about:blank", "title": detail if status < 500 else "Internal error",
+            "status": status, "detail": detail, "instance": request.url.path}
+    extra = getattr(exc, "extra", None)
+    if status == 400 and isinstance(extra, list | dict) and extra:
+        body["errors"] = extra
+    headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
+    return _problem_response(status, body, headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    if _is_oauth_path(request.url.path):
+        return _oauth_response(500, "server_error", "an internal error occurred")
+    return _problem_response(500, {"type": "about:blank", "title": "Internal error",
+                                   "status": 500, "detail": "an internal error occurred"})
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS.items():
+        # The API documentation page loads its renderer's script; every other page is ours only.
+        if name == "Content-Security-Policy" and scope["path"].startswith("/schema"):
+            continue
+        if name not in headers:
+            headers[name] = value
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False)
+async def index(state: State) -> str:
+    def work(session: Session) -> dict[str, Any]:
+        return {"holders": len(repository.list_holders(session, "approved")),
+                "charter": state.charters.current(session)}
+
+    from broker.http import in_transaction
+
+    facts = await in_transaction(state.session_factory, work)
+    template = state.templates.get_template("index.html")
+    return template.render(issuer=state.settings.issuer, version=__version__, **facts)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    keystore = KeyStore(settings.key_dir)
+    if settings.dev_mode or settings.demo:
+        keystore.create()  # a first key for a local try; production runs `broker keys create`
+    keystore.load()
+    charter = load_charter(settings.charter_version)
+    state = State({
+        "settings": settings,
+        "engine": engine,
+        "session_factory": session_factory,
+        "keystore": keystore,
+        "charters": CharterInForce(settings.charter_version),
+        "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
+        "templates": Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(["html"]),
+        ),
+    })
+
+    def on_shutdown() -> None:
+        engine.dispose()
+
+    if settings.demo:
+        from broker.demo import seed_demo
+
+        with transaction(session_factory) as session:
+            seed_demo(session, settings)
+
+    return Litestar(
+        route_handlers=[index, metadata, jwks, registry_router, admin_router],
+        state=state,
+        exception_handlers={
+            BrokerError: handle_broker_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        before_send=[add_security_headers],
+        on_shutdown=[on_shutdown],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Consent broker for personal health data",
+            version=__version__,
+            description="App registry (RFC 7591/7592), charter verdicts, catalog and discovery.",
+            path="/schema",
+            render_plugins=[RedocRenderPlugin()],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,1 @@
+"""The registry of data holders and third-party apps, and the public catalog."""

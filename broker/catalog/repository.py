@@ -1,0 +1,138 @@
+"""SQL of the catalog: every query on holders and apps lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session
+
+from broker.catalog.models import (
+    App,
+    AppCategory,
+    AppPurpose,
+    CharterVersion,
+    Holder,
+    HolderCategory,
+    OperatorToken,
+)
+
+
+@dataclass(frozen=True)
+class CatalogQuery:
+    statuses: tuple[str, ...]
+    words: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    purpose: str | None = None
+    business_models: tuple[str, ...] = ()
+    holder: str | None = None
+    eu_only: bool = False
+    after: tuple[str, str] | None = None  # (name_key, client_id) of the last row seen
+    limit: int = 20
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
+    """One page of apps in the catalog's stated order (folded name, then client_id).
+
+    Keyset pagination: a page starts strictly after the last (name, id) of the previous one,
+    so pages stay stable while apps are registered or removed in between.
+    """
+    stmt = select(App).where(App.status.in_(query.statuses))
+    for word in query.words:
+        stmt = stmt.where(App.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
+    for category in query.categories:
+        stmt = stmt.where(
+            exists().where(AppCategory.client_id == App.client_id, AppCategory.category == category)
+        )
+    if query.purpose:
+        stmt = stmt.where(
+            exists().where(AppPurpose.client_id == App.client_id, AppPurpose.purpose == query.purpose)
+        )
+    if query.business_models:
+        stmt = stmt.where(App.business_model.in_(query.business_models))
+    if query.holder:
+        # An app can be fed by a holder that serves at least one category it requests.
+        stmt = stmt.where(
+            exists().where(
+                AppCategory.client_id == App.client_id,
+                HolderCategory.category == AppCategory.category,
+                HolderCategory.holder_id == query.holder,
+            )
+        )
+    if query.eu_only:
+        stmt = stmt.where(App.data_leaves_eu.is_(False))
+    if query.after:
+        name_key, client_id = query.after
+        stmt = stmt.where(
+            or_(App.name_key > name_key, and_(App.name_key == name_key, App.client_id > client_id))
+        )
+    stmt = stmt.order_by(App.name_key, App.client_id).limit(query.limit)
+    return session.scalars(stmt).all()
+
+
+def get_app(session: Session, client_id: str) -> App | None:
+    return session.get(App, client_id)
+
+
+def app_by_name_key(session: Session, name_key: str) -> App | None:
+    return session.scalars(select(App).where(App.name_key == name_key)).first()
+
+
+def live_apps(session: Session) -> Sequence[App]:
+    return session.scalars(
+        select(App).where(App.status != "deleted").order_by(App.client_id)
+    ).all()
+
+
+def apps_by_status(session: Session, status: str) -> Sequence[App]:
+    return session.scalars(
+        select(App).where(App.status == status).order_by(App.updated_at, App.client_id)
+    ).all()
+
+
+def get_holder(session: Session, identifier: str) -> Holder | None:
+    return session.get(Holder, identifier)
+
+
+def list_holders(session: Session, status: str | None = None) -> Sequence[Holder]:
+    stmt = select(Holder).order_by(Holder.identifier)
+    if status:
+        stmt = stmt.where(Holder.status == status)
+    return session.scalars(stmt).all()
+
+
+def holders_serving(session: Session, categories: Sequence[str]) -> Sequence[Holder]:
+    """Approved holders that serve at least one of ``categories``."""
+    if not categories:
+        return []
+    stmt = (
+        select(Holder)
+        .where(
+            Holder.status == "approved",
+            exists().where(
+                HolderCategory.holder_id == Holder.identifier,
+                HolderCategory.category.in_(categories),
+            ),
+        )
+        .order_by(Holder.legal_name, Holder.identifier)
+    )
+    return session.scalars(stmt).all()
+
+
+def operator_token_by_hash(session: Session, token_hash: str) -> OperatorToken | None:
+    return session.scalars(
+        select(OperatorToken).where(
+            OperatorToken.token_hash == token_hash, OperatorToken.revoked_at.is_(None)
+        )
+    ).first()
+
+
+def latest_charter_version(session: Session) -> CharterVersion | None:
+    return session.scalars(
+        select(CharterVersion).order_by(CharterVersion.applied_at.desc()).limit(1)
+    ).first()

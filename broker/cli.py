@@ -1,0 +1,249 @@
+"""The ``broker`` command: serve, migrate, keys, holders, operator, charter, reviews, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from broker.errors import BrokerError
+from broker.keys import KeyStore, KeyStoreError
+from broker.settings import Settings, SettingsError
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _with_session(settings: Settings, work: Callable[[Session], Any]) -> Any:
+    from broker.db import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            return work(session)
+    finally:
+        engine.dispose()
+
+
+def _charter_in_force(settings: Settings, session: Session) -> Any:
+    from broker.catalog.enforcement import CharterInForce
+
+    return CharterInForce(settings.charter_version).current(session)
+
+
+def _read_json(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return json.loads(text)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"Broker starting — open http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(
+        "broker.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level="info",
+        # Bound what one request may make the server hold (SECURITY J13).
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print(f"database migrated: {_safe_url(settings.database_url)}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    store = KeyStore(settings.key_dir)
+    if args.action == "create":
+        info = store.create()
+        print("signing key exists already" if info is None else f"created signing key {info.kid}")
+    elif args.action == "rotate":
+        # The previous key stays published long enough for every token it signed to expire,
+        # plus the JWKS cache time of the holders, with a wide margin.
+        info = store.rotate(timedelta(seconds=max(3600, 4 * settings.token_lifetime)))
+        print(f"rotated: {info.kid} now signs; the previous key stays in the JWKS")
+    else:
+        store.load()
+        _print_json([i.to_json() for i in store.infos()])
+    return 0
+
+
+def cmd_holders(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.catalog import service
+    from broker.db import utcnow
+
+    def work(session: Session) -> Any:
+        if args.action == "add":
+            holder = service.add_holder(
+                session, body=_read_json(args.file), charter=_charter_in_force(settings, session),
+                dev_mode=settings.dev_mode, now=utcnow(),
+            )
+            return service.holder_json(holder, private=True)
+        if args.action == "approve":
+            holder = service.approve_holder(session, identifier=args.identifier,
+                                            operator=args.operator, now=utcnow())
+            return service.holder_json(holder, private=True)
+        return service.list_holders(session, status=args.status)
+
+    _print_json(_with_session(settings, work))
+    return 0
+
+
+def cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.catalog.operators import create_operator_token
+    from broker.db import utcnow
+
+    token = _with_session(settings, lambda s: create_operator_token(
+        s, name=args.name, secret_key=settings.secret_key, now=utcnow()))
+    print(token)
+    print("Keep this token secret: it is shown once and stored only as a hash.", file=sys.stderr)
+    return 0
+
+
+def cmd_charter(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.catalog.enforcement import apply_charter
+    from broker.charter import available_versions, load_charter, load_charter_file
+    from broker.db import utcnow
+
+    if args.action == "versions":
+        _print_json(available_versions())
+        return 0
+    if args.action == "show":
+        _print_json(_with_session(settings, lambda s: _charter_in_force(settings, s).version))
+        return 0
+    source = Path(args.version)
+    if source.suffix == ".json" and source.exists():
+        charter = load_charter_file(source)
+        document = json.loads(source.read_text())
+    else:
+        charter = load_charter(args.version)
+        document = charter.document
+    report = _with_session(settings, lambda s: apply_charter(
+        s, charter=charter, document=document, applied_by=args.operator,
+        dev_mode=settings.dev_mode, now=utcnow()))
+    _print_json(report.to_json())
+    return 0
+
+
+def cmd_reviews(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.catalog.enforcement import decide_review, pending_reviews
+    from broker.db import utcnow
+
+    if args.action == "list":
+        _print_json(_with_session(settings, pending_reviews))
+        return 0
+    app = _with_session(settings, lambda s: decide_review(
+        s, client_id=args.client_id, decision=args.decision, reason=args.reason,
+        operator=args.operator, charter=_charter_in_force(settings, s),
+        dev_mode=settings.dev_mode, now=utcnow()))
+    _print_json({"client_id": app.client_id, "status": app.status})
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from broker.demo import seed_demo
+
+    _with_session(settings, lambda s: seed_demo(s, settings))
+    print("demo holder and demo app are in place")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the broker's HTTP server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(
+        func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="signing keys: create, rotate, list")
+    keys.add_argument("action", choices=["create", "rotate", "list"])
+    keys.set_defaults(func=cmd_keys)
+
+    holders = sub.add_parser("holders", help="data holders: add, approve, list")
+    holders_sub = holders.add_subparsers(dest="action", required=True)
+    add = holders_sub.add_parser("add", help="register a holder from a JSON file (- for stdin)")
+    add.add_argument("file")
+    approve = holders_sub.add_parser("approve", help="approve a registered holder")
+    approve.add_argument("identifier")
+    approve.add_argument("--operator", default="cli")
+    listing = holders_sub.add_parser("list", help="list holders")
+    listing.add_argument("--status", choices=["pending", "approved", "suspended"])
+    holders.set_defaults(func=cmd_holders)
+
+    operator = sub.add_parser("operator-token", help="create an operator token for the admin API")
+    operator.add_argument("name")
+    operator.set_defaults(func=cmd_operator)
+
+    charter = sub.add_parser("charter", help="the charter in force: show, versions, apply")
+    charter_sub = charter.add_subparsers(dest="action", required=True)
+    charter_sub.add_parser("show", help="the version in force")
+    charter_sub.add_parser("versions", help="packaged versions")
+    apply = charter_sub.add_parser("apply", help="put a version in force and re-check every app")
+    apply.add_argument("version", help="a packaged version, or the path of a charter JSON file")
+    apply.add_argument("--operator", default="cli")
+    charter.set_defaults(func=cmd_charter)
+
+    reviews = sub.add_parser("reviews", help="charter checks that need a person")
+    reviews_sub = reviews.add_subparsers(dest="action", required=True)
+    reviews_sub.add_parser("list")
+    decide = reviews_sub.add_parser("decide")
+    decide.add_argument("client_id")
+    decide.add_argument("decision", choices=["approved", "refused"])
+    decide.add_argument("--reason", required=True)
+    decide.add_argument("--operator", default="cli")
+    reviews.set_defaults(func=cmd_reviews)
+
+    sub.add_parser("demo", help="seed the demo holder and app").set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        result: int = args.func(settings, args)
+        return result
+    except SettingsError as exc:
+        print(f"broker: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerError, KeyStoreError, ValueError, OSError) as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

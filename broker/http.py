@@ -1,0 +1,71 @@
+"""Small pieces shared by the JSON routes: body parsing, bearer tokens, the unit of work."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from anyio import to_thread
+from litestar import Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.db import transaction
+from broker.errors import BrokerError
+
+T = TypeVar("T")
+
+
+class UnsupportedMediaType(BrokerError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "The body must be JSON"
+
+
+class MalformedJSON(BrokerError):
+    status = 400
+    slug = "malformed-json"
+    title = "The body is not valid JSON"
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 8259 §4 leaves duplicate names undefined; parsers differ on which one wins, so a
+    # document that has them is refused rather than guessed at.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {key!r}")
+        result[key] = value
+    return result
+
+
+async def json_body(request: Request[Any, Any, Any]) -> Any:
+    """The request's JSON body; 415 for another media type, 400 for broken JSON."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {media_type or 'missing'!r}"
+        )
+    raw = await request.body()
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJSON(f"the body is not valid UTF-8 JSON: {exc}") from None
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def in_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """Run ``work`` in a worker thread inside one transaction, committed once at the end."""
+
+    def run() -> T:
+        with transaction(factory) as session:
+            return work(session)
+
+    return await to_thread.run_sync(run)

@@ -1,0 +1,8 @@
+"""Every table of the broker, gathered for Alembic and the schema test."""
+
+from broker.catalog import models as catalog_models
+from broker.db import Base
+
+metadata = Base.metadata
+
+__all__ = ["catalog_models", "metadata"]

@@ -1,0 +1,165 @@
+"""The broker's settings: one frozen object read once from ``BROKER_*`` variables.
+
+Each field names the variable that sets it. ``Settings.from_env()`` is called once by
+``create_app`` and by the command line; domain code receives the object, it never reads the
+environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+PolicyMode = Literal["gate", "label"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A ``BROKER_*`` variable holds a value the broker cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(name, f"expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(name, f"expected an integer from {low} to {high}, got {value}")
+    return value
+
+
+def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    scheme = value.split(":", 1)[0]
+    if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+        raise SettingsError(
+            name, f"expected a sqlite:/// or postgresql+psycopg:// URL, got scheme {scheme!r}"
+        )
+    return value
+
+
+def _issuer(env: Mapping[str, str], name: str, default: str, dev_mode: bool) -> str:
+    value = env.get(name, "").strip() or default
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise SettingsError(name, f"expected an absolute https URL, got {value!r}")
+    if parts.query or parts.fragment:
+        # RFC 8414 §2: the issuer has no query or fragment component.
+        raise SettingsError(name, "the issuer URL must have no query and no fragment")
+    if parts.scheme == "http" and not (dev_mode and parts.hostname in ("127.0.0.1", "localhost", "::1")):
+        raise SettingsError(
+            name, "http is allowed only for a loopback issuer in development mode (BROKER_DEV_MODE)"
+        )
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one broker deployment."""
+
+    #: BROKER_DATABASE_URL — SQLAlchemy URL; SQLite file under ./var by default.
+    database_url: str = "sqlite:///var/broker.db"
+    #: BROKER_ISSUER — the public URL of this broker (OAuth ``iss``).
+    issuer: str = "http://127.0.0.1:8000"
+    #: BROKER_HOST / BROKER_PORT — where ``broker serve`` listens.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: BROKER_KEY_DIR — signing keys and the development secret; created 0700.
+    key_dir: Path = Path("var/keys")
+    #: BROKER_DEMO — seed the demo holder, app and patients at start.
+    demo: bool = False
+    #: BROKER_DEV_MODE — allows loopback http redirect URIs and issuer; never in production.
+    dev_mode: bool = False
+    #: BROKER_SECRET_KEY — HMAC key for stored opaque secrets (registration tokens …).
+    #: Required outside development mode; in development it is kept in the key directory.
+    secret_key: bytes = field(default=b"", repr=False)
+    #: BROKER_POLICY_MODE — ``gate`` (refused apps are not listed) or ``label``.
+    policy_mode: PolicyMode = "gate"
+    #: BROKER_MAX_BODY_BYTES — largest request body accepted (413 beyond).
+    max_body_bytes: int = 64 * 1024
+    #: BROKER_TOKEN_LIFETIME — seconds an access token lives (≤ 300, DESIGN step 6).
+    token_lifetime: int = 300
+    #: BROKER_CHARTER_VERSION — the charter version this broker enforces (latest if empty).
+    charter_version: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        dev_mode = _bool(env, "BROKER_DEV_MODE", False)
+        key_dir = Path(env.get("BROKER_KEY_DIR", "").strip() or "var/keys")
+        policy = env.get("BROKER_POLICY_MODE", "").strip() or "gate"
+        if policy not in ("gate", "label"):
+            raise SettingsError("BROKER_POLICY_MODE", f"expected gate or label, got {policy!r}")
+        raw_secret = env.get("BROKER_SECRET_KEY", "")
+        if raw_secret:
+            if len(raw_secret) < 32:
+                raise SettingsError("BROKER_SECRET_KEY", "must be at least 32 characters long")
+            secret = raw_secret.encode()
+        elif dev_mode:
+            secret = _development_secret(key_dir)
+        else:
+            raise SettingsError(
+                "BROKER_SECRET_KEY",
+                "is required outside development mode (set BROKER_DEV_MODE=true for a local try)",
+            )
+        host = env.get("BROKER_HOST", "").strip() or "127.0.0.1"
+        port = _int(env, "BROKER_PORT", 8000, 1, 65535)
+        return cls(
+            database_url=_database_url(env, "BROKER_DATABASE_URL", cls.database_url),
+            issuer=_issuer(env, "BROKER_ISSUER", f"http://{host}:{port}", dev_mode),
+            host=host,
+            port=port,
+            key_dir=key_dir,
+            demo=_bool(env, "BROKER_DEMO", False),
+            dev_mode=dev_mode,
+            secret_key=secret,
+            policy_mode=policy,  # type: ignore[arg-type]
+            max_body_bytes=_int(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, 1024, 10 * 1024 * 1024),
+            token_lifetime=_int(env, "BROKER_TOKEN_LIFETIME", 300, 30, 300),
+            charter_version=env.get("BROKER_CHARTER_VERSION", "").strip() or None,
+        )
+
+
+def _development_secret(key_dir: Path) -> bytes:
+    """The development HMAC secret, kept in the key directory.
+
+    Never a fresh random value per process: several workers or a restart would disagree and
+    every stored registration token would stop matching.
+    """
+    path = key_dir / "development-secret"
+    if not path.exists():
+        key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it first; read theirs
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()

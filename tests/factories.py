@@ -1,0 +1,41 @@
+"""Factories for registration requests and holder declarations (one place for all tests)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from jwcrypto import jwk
+
+from broker.demo import DEMO_APP
+
+COMPLIANT_APP: dict[str, Any] = copy.deepcopy(DEMO_APP)
+COMPLIANT_APP["redirect_uris"] = ["https://glycemie.example/callback"]
+
+
+def app_registration(name: str = "Suivi Glycémie", **changes: Any) -> dict[str, Any]:
+    """A compliant registration request; keyword arguments replace top-level fields."""
+    body = copy.deepcopy(COMPLIANT_APP)
+    body["client_name"] = name
+    body.update(copy.deepcopy(changes))
+    return body
+
+
+def public_jwk(kid: str = "holder-key-1") -> dict[str, Any]:
+    key = jwk.JWK.generate(kty="EC", crv="P-256")
+    public: dict[str, Any] = key.export_public(as_dict=True)
+    public.update(kid=kid, alg="ES256", use="sig")
+    return public
+
+
+def holder_declaration(identifier: str = "labo-test", **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "identifier": identifier,
+        "legal_name": "Laboratoire Test",
+        "base_url": "https://labo-test.example/fhir",
+        "categories": ["lab_results", "identity"],
+        "release_step_categories": [],
+        "jwks": {"keys": [public_jwk()]},
+    }
+    body.update(copy.deepcopy(changes))
+    return body
