@@ -44,9 +44,15 @@ def _is_oauth_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in OAUTH_PATHS)
 
 
-def _problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(body, status_code=status, media_type="application/problem+json",
-                    headers={"Cache-Control": "no-store", **(headers or {})})
+def _problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/problem+json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
 
 
 def _oauth_response(status: int, error: str, description: str) -> Response[Any]:
@@ -54,15 +60,26 @@ def _oauth_response(status: int, error: str, description: str) -> Response[Any]:
     if status == 401:
         # RFC 6750 §3: tell the client which scheme and what went wrong.
         headers["WWW-Authenticate"] = f'Bearer error="{error}"'
-    return Response({"error": error, "error_description": description}, status_code=status,
-                    media_type=MediaType.JSON, headers=headers)
+    return Response(
+        {"error": error, "error_description": description},
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
 
 
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Any]:
     if isinstance(exc, OAuthError) or (_is_oauth_path(request.url.path) and exc.status < 500):
-        error = exc.error if isinstance(exc, OAuthError) else (
-            "invalid_token" if exc.status == 401 else "invalid_client_metadata"
-            if exc.status in (400, 415) else "invalid_request"
+        error = (
+            exc.error
+            if isinstance(exc, OAuthError)
+            else (
+                "invalid_token"
+                if exc.status == 401
+                else "invalid_client_metadata"
+                if exc.status in (400, 415)
+                else "invalid_request"
+            )
         )
         return _oauth_response(exc.status, error, exc.detail)
     return _problem_response(exc.status, exc.problem(request.url.path))
@@ -81,8 +98,13 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     if _is_oauth_path(request.url.path) and status < 500:
         error = "invalid_request" if status != 401 else InvalidToken.error
         return _oauth_response(status, error, detail)
-    body = {"type": "about:blank", "title": detail if status < 500 else "Internal error",
-            "status": status, "detail": detail, "instance": request.url.path}
+    body = {
+        "type": "about:blank",
+        "title": detail if status < 500 else "Internal error",
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
     extra = getattr(exc, "extra", None)
     if status == 400 and isinstance(extra, list | dict) and extra:
         body["errors"] = extra
@@ -94,8 +116,15 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     if _is_oauth_path(request.url.path):
         return _oauth_response(500, "server_error", "an internal error occurred")
-    return _problem_response(500, {"type": "about:blank", "title": "Internal error",
-                                   "status": 500, "detail": "an internal error occurred"})
+    return _problem_response(
+        500,
+        {
+            "type": "about:blank",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "an internal error occurred",
+        },
+    )
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:
@@ -113,8 +142,10 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
 @get("/", media_type=MediaType.HTML, include_in_schema=False)
 async def index(state: State) -> str:
     def work(session: Session) -> dict[str, Any]:
-        return {"holders": len(repository.list_holders(session, "approved")),
-                "charter": state.charters.current(session)}
+        return {
+            "holders": len(repository.list_holders(session, "approved")),
+            "charter": state.charters.current(session),
+        }
 
     from broker.http import in_transaction
 
@@ -132,18 +163,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         keystore.create()  # a first key for a local try; production runs `broker keys create`
     keystore.load()
     charter = load_charter(settings.charter_version)
-    state = State({
-        "settings": settings,
-        "engine": engine,
-        "session_factory": session_factory,
-        "keystore": keystore,
-        "charters": CharterInForce(settings.charter_version),
-        "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
-        "templates": Environment(
-            loader=FileSystemLoader(TEMPLATES),
-            autoescape=select_autoescape(["html"]),
-        ),
-    })
+    state = State(
+        {
+            "settings": settings,
+            "engine": engine,
+            "session_factory": session_factory,
+            "keystore": keystore,
+            "charters": CharterInForce(settings.charter_version),
+            "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
+            "templates": Environment(
+                loader=FileSystemLoader(TEMPLATES),
+                autoescape=select_autoescape(["html"]),
+            ),
+        }
+    )
 
     def on_shutdown() -> None:
         engine.dispose()

@@ -103,13 +103,17 @@ def cmd_holders(settings: Settings, args: argparse.Namespace) -> int:
     def work(session: Session) -> Any:
         if args.action == "add":
             holder = service.add_holder(
-                session, body=_read_json(args.file), charter=_charter_in_force(settings, session),
-                dev_mode=settings.dev_mode, now=utcnow(),
+                session,
+                body=_read_json(args.file),
+                charter=_charter_in_force(settings, session),
+                dev_mode=settings.dev_mode,
+                now=utcnow(),
             )
             return service.holder_json(holder, private=True)
         if args.action == "approve":
-            holder = service.approve_holder(session, identifier=args.identifier,
-                                            operator=args.operator, now=utcnow())
+            holder = service.approve_holder(
+                session, identifier=args.identifier, operator=args.operator, now=utcnow()
+            )
             return service.holder_json(holder, private=True)
         return service.list_holders(session, status=args.status)
 
@@ -121,16 +125,18 @@ def cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
     from broker.catalog.operators import create_operator_token
     from broker.db import utcnow
 
-    token = _with_session(settings, lambda s: create_operator_token(
-        s, name=args.name, secret_key=settings.secret_key, now=utcnow()))
+    token = _with_session(
+        settings,
+        lambda s: create_operator_token(s, name=args.name, secret_key=settings.secret_key, now=utcnow()),
+    )
     print(token)
     print("Keep this token secret: it is shown once and stored only as a hash.", file=sys.stderr)
     return 0
 
 
 def cmd_charter(settings: Settings, args: argparse.Namespace) -> int:
-    from broker.catalog.enforcement import apply_charter
-    from broker.charter import available_versions, load_charter, load_charter_file
+    from broker.catalog.enforcement import apply_charter, charter_source
+    from broker.charter import available_versions
     from broker.db import utcnow
 
     if args.action == "versions":
@@ -139,16 +145,18 @@ def cmd_charter(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "show":
         _print_json(_with_session(settings, lambda s: _charter_in_force(settings, s).version))
         return 0
-    source = Path(args.version)
-    if source.suffix == ".json" and source.exists():
-        charter = load_charter_file(source)
-        document = json.loads(source.read_text())
-    else:
-        charter = load_charter(args.version)
-        document = charter.document
-    report = _with_session(settings, lambda s: apply_charter(
-        s, charter=charter, document=document, applied_by=args.operator,
-        dev_mode=settings.dev_mode, now=utcnow()))
+    charter, document = charter_source(args.version)
+    report = _with_session(
+        settings,
+        lambda s: apply_charter(
+            s,
+            charter=charter,
+            document=document,
+            applied_by=args.operator,
+            dev_mode=settings.dev_mode,
+            now=utcnow(),
+        ),
+    )
     _print_json(report.to_json())
     return 0
 
@@ -160,10 +168,19 @@ def cmd_reviews(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         _print_json(_with_session(settings, pending_reviews))
         return 0
-    app = _with_session(settings, lambda s: decide_review(
-        s, client_id=args.client_id, decision=args.decision, reason=args.reason,
-        operator=args.operator, charter=_charter_in_force(settings, s),
-        dev_mode=settings.dev_mode, now=utcnow()))
+    app = _with_session(
+        settings,
+        lambda s: decide_review(
+            s,
+            client_id=args.client_id,
+            decision=args.decision,
+            reason=args.reason,
+            operator=args.operator,
+            charter=_charter_in_force(settings, s),
+            dev_mode=settings.dev_mode,
+            now=utcnow(),
+        ),
+    )
     _print_json({"client_id": app.client_id, "status": app.status})
     return 0
 
@@ -186,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(
-        func=cmd_migrate)
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
 
     keys = sub.add_parser("keys", help="signing keys: create, rotate, list")
     keys.add_argument("action", choices=["create", "rotate", "list"])

@@ -42,28 +42,46 @@ DEMO_APP: dict[str, Any] = {
         "business_model": {
             "model": "subscription",
             "description": "4 € par mois, payés par l'utilisateur ; aucun autre revenu.",
-            "funding_sources": [{"name": "Fondateurs et subvention publique d'innovation",
-                                 "kind": "equity_and_grant"}],
+            "funding_sources": [
+                {"name": "Fondateurs et subvention publique d'innovation", "kind": "equity_and_grant"}
+            ],
         },
-        "purposes": [{"id": "chronic_disease_followup",
-                      "description": "Suivre sa glycémie et son HbA1c dans le temps."}],
-        "data_requests": [
-            {"category": "lab_results", "purpose": "chronic_disease_followup", "optional": False,
-             "justification": "L'HbA1c et la glycémie à jeun sont les mesures du graphique."},
-            {"category": "device_measurements", "purpose": "chronic_disease_followup",
-             "optional": True,
-             "justification": "Les mesures d'un lecteur de glycémie connecté, si vous en avez un."},
+        "purposes": [
+            {
+                "id": "chronic_disease_followup",
+                "description": "Suivre sa glycémie et son HbA1c dans le temps.",
+            }
         ],
-        "retention": {"days": 730,
-                      "description": "Effacées deux ans après la dernière utilisation, ou sur demande."},
+        "data_requests": [
+            {
+                "category": "lab_results",
+                "purpose": "chronic_disease_followup",
+                "optional": False,
+                "justification": "L'HbA1c et la glycémie à jeun sont les mesures du graphique.",
+            },
+            {
+                "category": "device_measurements",
+                "purpose": "chronic_disease_followup",
+                "optional": True,
+                "justification": "Les mesures d'un lecteur de glycémie connecté, si vous en avez un.",
+            },
+        ],
+        "retention": {
+            "days": 730,
+            "description": "Effacées deux ans après la dernière utilisation, ou sur demande.",
+        },
         "rights": {
             "access": "https://glycemie.example/account/export",
             "rectification": "mailto:dpo@glycemie.example",
             "erasure": "https://glycemie.example/account/delete",
             "portability": "https://glycemie.example/account/export",
         },
-        "hosting": {"provider": "Hébergeur Santé SA", "country": "FR",
-                    "health_data_certification": "HDS", "certificate_id": "HDS-2025-0042"},
+        "hosting": {
+            "provider": "Hébergeur Santé SA",
+            "country": "FR",
+            "health_data_certification": "HDS",
+            "certificate_id": "HDS-2025-0042",
+        },
         "third_parties": [],
         "data_leaves_eu": False,
     },
@@ -108,6 +126,10 @@ def seed_demo(session: Session, settings: Settings) -> None:
         service.approve_holder(session, identifier=DEMO_HOLDER_ID, operator="demo", now=now)
     if repository.app_by_name_key(session, fold(DEMO_APP_NAME)) is None:
         service.register_app(
-            session, body=copy.deepcopy(DEMO_APP), charter=charter,
-            secret_key=settings.secret_key, dev_mode=True, now=now,
+            session,
+            body=copy.deepcopy(DEMO_APP),
+            charter=charter,
+            secret_key=settings.secret_key,
+            dev_mode=True,
+            now=now,
         )

@@ -34,8 +34,11 @@ def authorization_server_metadata(issuer: str, charter_categories: list[str]) ->
     }
 
 
-@get("/.well-known/oauth-authorization-server", tags=["discovery"],
-     summary="Authorization server metadata (RFC 8414)")
+@get(
+    "/.well-known/oauth-authorization-server",
+    tags=["discovery"],
+    summary="Authorization server metadata (RFC 8414)",
+)
 async def metadata(state: State) -> Response[dict[str, Any]]:
     body = state.metadata_document
     return Response(body, headers={"Cache-Control": f"public, max-age={METADATA_MAX_AGE}"})

@@ -43,9 +43,7 @@ async def json_body(request: Request[Any, Any, Any]) -> Any:
     """The request's JSON body; 415 for another media type, 400 for broken JSON."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not {media_type or 'missing'!r}"
-        )
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {media_type or 'missing'!r}")
     raw = await request.body()
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)

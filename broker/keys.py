@@ -85,9 +85,7 @@ class KeyStore:
             stat = path.stat()
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise KeyStoreError(
-                f"no signing keys in {self.key_dir}: run `broker keys create`"
-            ) from None
+            raise KeyStoreError(f"no signing keys in {self.key_dir}: run `broker keys create`") from None
         infos = [KeyInfo.from_json(item) for item in data["keys"]]
         private: dict[str, jwk.JWK] = {}
         for info in infos:

@@ -26,7 +26,5 @@ def upgrade(database_url: str | None = None, connection: Connection | None = Non
     command.upgrade(alembic_config(database_url, connection), "head")
 
 
-def downgrade(
-    revision: str, database_url: str | None = None, connection: Connection | None = None
-) -> None:
+def downgrade(revision: str, database_url: str | None = None, connection: Connection | None = None) -> None:
     command.downgrade(alembic_config(database_url, connection), revision)

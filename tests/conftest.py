@@ -116,7 +116,8 @@ def operator_token(client, settings) -> str:  # type: ignore[no-untyped-def]
 
     engine = make_engine(settings.database_url)
     with transaction(make_session_factory(engine)) as session:
-        token = create_operator_token(session, name="test-operator",
-                                      secret_key=settings.secret_key, now=utcnow())
+        token = create_operator_token(
+            session, name="test-operator", secret_key=settings.secret_key, now=utcnow()
+        )
     engine.dispose()
     return token

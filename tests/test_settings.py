@@ -45,8 +45,6 @@ def test_secret_required_outside_development(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"BROKER_ISSUER": "https://broker.example"})
     assert caught.value.variable == "BROKER_SECRET_KEY"
-    settings = Settings.from_env(
-        {"BROKER_ISSUER": "https://broker.example/", "BROKER_SECRET_KEY": "s" * 40}
-    )
+    settings = Settings.from_env({"BROKER_ISSUER": "https://broker.example/", "BROKER_SECRET_KEY": "s" * 40})
     assert settings.issuer == "https://broker.example"
     assert "s" * 40 not in repr(settings)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -12,7 +15,8 @@ from sqlalchemy.orm import Session
 from broker.catalog import repository
 from broker.catalog.models import App, CharterVersion
 from broker.catalog.service import apply_verdict
-from broker.charter import Charter, Verdict, evaluate, load_charter, load_charter_document
+from broker.charter import Charter, Verdict, evaluate, load_charter
+from broker.charter.loading import parse_charter
 from broker.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -33,7 +37,9 @@ class CharterInForce:
             return self._packaged(self.configured_version)
         charter = self._cache.get(row.version)
         if charter is None:
-            charter = self._cache[row.version] = load_charter_document(row.document)
+            charter = self._cache[row.version] = parse_charter(
+                row.document, f"charter {row.version} (database)"
+            )
         return charter
 
     def _packaged(self, version: str | None) -> Charter:
@@ -58,6 +64,20 @@ def _settled_by_operator(app: App, verdict: Verdict, digest: str) -> bool:
     return {f.rule for f in verdict.findings} <= settled
 
 
+def charter_source(version_or_path: str) -> tuple[Charter, dict[str, Any]]:
+    """A charter to apply, and the document to keep in the database: a packaged version or
+    the path of a charter JSON file."""
+    path = Path(version_or_path)
+    if path.suffix == ".json" and path.is_file():
+        raw = path.read_bytes()
+    else:
+        charter = load_charter(version_or_path)  # raises for an unknown version
+        data_dir = resources.files("broker.charter") / "data"
+        raw = (data_dir / f"charter-{charter.version}.json").read_bytes()
+    document = json.loads(raw)
+    return parse_charter(document, str(version_or_path)), document
+
+
 @dataclass(frozen=True)
 class ApplyReport:
     version: str
@@ -77,8 +97,13 @@ class ApplyReport:
 
 
 def apply_charter(
-    session: Session, *, charter: Charter, document: dict[str, Any], applied_by: str,
-    dev_mode: bool, now: datetime,
+    session: Session,
+    *,
+    charter: Charter,
+    document: dict[str, Any],
+    applied_by: str,
+    dev_mode: bool,
+    now: datetime,
 ) -> ApplyReport:
     """Put ``charter`` in force and re-check every live app against it.
 
@@ -88,8 +113,9 @@ def apply_charter(
     """
     if session.get(CharterVersion, charter.version) is not None:
         raise Conflict(f"charter version {charter.version} has been applied already")
-    session.add(CharterVersion(version=charter.version, document=document, applied_at=now,
-                               applied_by=applied_by))
+    session.add(
+        CharterVersion(version=charter.version, document=document, applied_at=now, applied_by=applied_by)
+    )
     outcome: Counter[str] = Counter()
     suspended: list[str] = []
     restored: list[str] = []
@@ -119,30 +145,48 @@ def apply_charter(
 
 def pending_reviews(session: Session) -> list[dict[str, Any]]:
     return [
-        {"client_id": app.client_id, "client_name": app.client_name,
-         "publisher": app.publisher_name, "verdict": app.verdict}
+        {
+            "client_id": app.client_id,
+            "client_name": app.client_name,
+            "publisher": app.publisher_name,
+            "verdict": app.verdict,
+        }
         for app in repository.apps_by_status(session, "needs_review")
     ]
 
 
 def decide_review(
-    session: Session, *, client_id: str, decision: Any, reason: Any, operator: str,
-    charter: Charter, now: datetime,
+    session: Session,
+    *,
+    client_id: str,
+    decision: Any,
+    reason: Any,
+    operator: str,
+    charter: Charter,
+    dev_mode: bool,
+    now: datetime,
 ) -> App:
     """An operator settles a ``needs_review`` verdict, with a recorded reason."""
     if decision not in ("approved", "refused"):
         raise InvalidRequest("decision: expected approved or refused", field="decision")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 2000:
-        raise InvalidRequest("reason: a reason of 1 to 2000 characters is required",
-                             field="reason")
+        raise InvalidRequest("reason: a reason of 1 to 2000 characters is required", field="reason")
     app = repository.get_app(session, client_id)
     if app is None or app.status == "deleted":
         raise NotFound(f"no app {client_id!r}")
     if app.status != "needs_review" or app.verdict is None:
         raise Conflict(f"app {client_id!r} is {app.status}, not waiting for a review")
     engine_verdict = evaluate(app.client_metadata, charter, allow_loopback_http=dev_mode)
-    apply_verdict(session, app, engine_verdict, app.manifest_sha256, now,
-                   decided_by=f"operator:{operator}", reason=reason, status=decision)
+    apply_verdict(
+        session,
+        app,
+        engine_verdict,
+        app.manifest_sha256,
+        now,
+        decided_by=f"operator:{operator}",
+        reason=reason,
+        status=decision,
+    )
     app.status = decision
     app.updated_at = now
     return app

@@ -29,9 +29,7 @@ class Holder(Base):
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     approved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
-    category_rows: Mapped[list[HolderCategory]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin"
-    )
+    category_rows: Mapped[list[HolderCategory]] = relationship(cascade="all, delete-orphan", lazy="selectin")
 
 
 class HolderCategory(Base):
@@ -71,12 +69,8 @@ class App(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    category_rows: Mapped[list[AppCategory]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin"
-    )
-    purpose_rows: Mapped[list[AppPurpose]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin"
-    )
+    category_rows: Mapped[list[AppCategory]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    purpose_rows: Mapped[list[AppPurpose]] = relationship(cascade="all, delete-orphan", lazy="selectin")
 
     __table_args__ = (
         # The catalog lists by status in a stated neutral order: folded name, then id.
@@ -87,18 +81,14 @@ class App(Base):
 class AppCategory(Base):
     __tablename__ = "app_categories"
 
-    client_id: Mapped[str] = mapped_column(
-        ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True
-    )
+    client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True)
     category: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class AppPurpose(Base):
     __tablename__ = "app_purposes"
 
-    client_id: Mapped[str] = mapped_column(
-        ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True
-    )
+    client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True)
     purpose: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
@@ -108,9 +98,7 @@ class CharterVerdict(Base):
     __tablename__ = "charter_verdicts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    client_id: Mapped[str] = mapped_column(
-        ForeignKey("apps.client_id", ondelete="CASCADE"), index=True
-    )
+    client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16))
     charter_version: Mapped[str] = mapped_column(String(32))
     manifest_sha256: Mapped[str] = mapped_column(String(64))

@@ -84,9 +84,7 @@ def app_by_name_key(session: Session, name_key: str) -> App | None:
 
 
 def live_apps(session: Session) -> Sequence[App]:
-    return session.scalars(
-        select(App).where(App.status != "deleted").order_by(App.client_id)
-    ).all()
+    return session.scalars(select(App).where(App.status != "deleted").order_by(App.client_id)).all()
 
 
 def apps_by_status(session: Session, status: str) -> Sequence[App]:
@@ -133,6 +131,4 @@ def operator_token_by_hash(session: Session, token_hash: str) -> OperatorToken |
 
 
 def latest_charter_version(session: Session) -> CharterVersion | None:
-    return session.scalars(
-        select(CharterVersion).order_by(CharterVersion.applied_at.desc()).limit(1)
-    ).first()
+    return session.scalars(select(CharterVersion).order_by(CharterVersion.applied_at.desc()).limit(1)).first()

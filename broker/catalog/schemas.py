@@ -72,9 +72,7 @@ class _Checker:
             raise self.fail(path, f"must have at most {max_items} items")
         return value
 
-    def text(
-        self, value: Any, path: str, max_len: int = MAX_TEXT, allow_empty: bool = False
-    ) -> str:
+    def text(self, value: Any, path: str, max_len: int = MAX_TEXT, allow_empty: bool = False) -> str:
         if not isinstance(value, str):
             raise self.fail(path, "must be a string")
         if len(value) > max_len:
@@ -206,12 +204,13 @@ def _validate_manifest(value: Any, charter: Charter, dev_mode: bool, c: _Checker
             c.email(publisher[key], f"{path}.publisher.{key}")
 
     model = c.obj(manifest.get("business_model"), f"{path}.business_model")
-    c.one_of(model.get("model"), f"{path}.business_model.model", charter.business_models,
-             "business model")
+    c.one_of(model.get("model"), f"{path}.business_model.model", charter.business_models, "business model")
     if "description" in model:
         c.text(model["description"], f"{path}.business_model.description", allow_empty=True)
     if "funding_sources" in model:
-        for i, source in enumerate(c.array(model["funding_sources"], f"{path}.business_model.funding_sources")):
+        for i, source in enumerate(
+            c.array(model["funding_sources"], f"{path}.business_model.funding_sources")
+        ):
             source_path = f"{path}.business_model.funding_sources[{i}]"
             c.obj(source, source_path)
             c.text(source.get("name"), f"{source_path}.name", max_len=300)
@@ -233,10 +232,10 @@ def _validate_manifest(value: Any, charter: Charter, dev_mode: bool, c: _Checker
     for i, request in enumerate(requests):
         r_path = f"{path}.data_requests[{i}]"
         c.obj(request, r_path)
-        category = c.one_of(request.get("category"), f"{r_path}.category", charter.categories,
-                            "data category")
-        purpose_id = c.one_of(request.get("purpose"), f"{r_path}.purpose", charter.purposes,
-                              "purpose")
+        category = c.one_of(
+            request.get("category"), f"{r_path}.category", charter.categories, "data category"
+        )
+        purpose_id = c.one_of(request.get("purpose"), f"{r_path}.purpose", charter.purposes, "purpose")
         if (category, purpose_id) in seen:
             raise c.fail(r_path, f"{category!r} is requested twice for {purpose_id!r}")
         seen.add((category, purpose_id))
@@ -271,9 +270,7 @@ def _validate_manifest(value: Any, charter: Charter, dev_mode: bool, c: _Checker
     return dict(manifest)
 
 
-def validate_client_registration(
-    body: Any, charter: Charter, *, dev_mode: bool
-) -> ClientRegistration:
+def validate_client_registration(body: Any, charter: Charter, *, dev_mode: bool) -> ClientRegistration:
     """RFC 7591 §2 and §3.2.2 checks of a registration (or RFC 7592 update) request."""
     c = _Checker(InvalidClientMetadata)
     document = c.obj(body, "request body")
@@ -283,27 +280,31 @@ def validate_client_registration(
             "send the metadata directly"
         )
     # RFC 7592 §2.2: an update carries client_id, which the route checks and removes first.
-    for forbidden in ("client_id", "client_secret", "registration_access_token",
-                      "registration_client_uri", "client_id_issued_at"):
+    for forbidden in (
+        "client_id",
+        "client_secret",
+        "registration_access_token",
+        "registration_client_uri",
+        "client_id_issued_at",
+    ):
         if forbidden in document:
             raise c.fail(forbidden, "is assigned by the broker and cannot be chosen")
 
     redirect_uris = document.get("redirect_uris")
     if not isinstance(redirect_uris, list) or not redirect_uris:
-        raise InvalidRedirectURI("redirect_uris: at least one redirect URI is required",
-                                 field="redirect_uris")
+        raise InvalidRedirectURI(
+            "redirect_uris: at least one redirect URI is required", field="redirect_uris"
+        )
     if len(redirect_uris) > 10:
         raise InvalidRedirectURI("redirect_uris: at most 10 redirect URIs", field="redirect_uris")
     for i, uri in enumerate(redirect_uris):
         if not isinstance(uri, str) or len(uri) > MAX_URI:
-            raise InvalidRedirectURI(f"redirect_uris[{i}]: must be a URL string",
-                                     field=f"redirect_uris[{i}]")
+            raise InvalidRedirectURI(f"redirect_uris[{i}]: must be a URL string", field=f"redirect_uris[{i}]")
         problem = redirect_uri_problem(uri, dev_mode)
         if problem:
             raise InvalidRedirectURI(f"redirect_uris[{i}]: {problem}", field=f"redirect_uris[{i}]")
     if len(set(redirect_uris)) != len(redirect_uris):
-        raise InvalidRedirectURI("redirect_uris: the same URI is listed twice",
-                                 field="redirect_uris")
+        raise InvalidRedirectURI("redirect_uris: the same URI is listed twice", field="redirect_uris")
 
     client_name = c.text(document.get("client_name"), "client_name", max_len=MAX_NAME)
     kept: dict[str, Any] = {"client_name": client_name, "redirect_uris": list(redirect_uris)}
@@ -316,12 +317,11 @@ def validate_client_registration(
     kept["grant_types"] = list(dict.fromkeys(grant_types))
     response_types = document.get("response_types", ["code"])
     if c.array(response_types, "response_types", max_items=1) != ["code"]:
-        raise c.fail("response_types", "only [\"code\"] is supported (RFC 9700 §2.1.2)")
+        raise c.fail("response_types", 'only ["code"] is supported (RFC 9700 §2.1.2)')
     kept["response_types"] = ["code"]
 
     has_keys = "jwks" in document or "jwks_uri" in document
-    method = document.get("token_endpoint_auth_method",
-                          "private_key_jwt" if has_keys else "none")
+    method = document.get("token_endpoint_auth_method", "private_key_jwt" if has_keys else "none")
     c.one_of(method, "token_endpoint_auth_method", _AUTH_METHODS, "authentication method")
     kept["token_endpoint_auth_method"] = method
     if "jwks" in document and "jwks_uri" in document:

@@ -30,7 +30,7 @@ from broker.charter import Charter, Verdict, evaluate, manifest_digest
 from broker.errors import Conflict, InvalidClientMetadata, InvalidRequest, InvalidToken, NotFound
 from broker.opaque import new_secret, secret_digest, secret_matches
 
-REGISTRATION_TOKEN_PREFIX = "hcb_reg"
+REGISTRATION_TOKEN_PREFIX = "hcb_reg"  # noqa: S105 (a prefix, not a secret)
 # Statuses whose apps reach patients, per policy mode (issue 3: `gate` lists approved apps
 # only; `label` lists every registered app with its verdict as a label).
 LISTED = {
@@ -61,8 +61,14 @@ def _search_text(reg: ClientRegistration, charter: Charter) -> str:
 
 
 def apply_verdict(
-    session: Session, app: App, verdict: Verdict, digest: str, now: datetime,
-    decided_by: str = "engine", reason: str | None = None, status: str | None = None,
+    session: Session,
+    app: App,
+    verdict: Verdict,
+    digest: str,
+    now: datetime,
+    decided_by: str = "engine",
+    reason: str | None = None,
+    status: str | None = None,
 ) -> None:
     """Record a verdict on ``app``: its current one, and a row in the history.
 
@@ -71,8 +77,12 @@ def apply_verdict(
     """
     body = verdict_json(verdict, digest, now)
     if decided_by != "engine":
-        body.update(status=status or verdict.status, decided_by=decided_by, reason=reason,
-                    reviewed_findings=body["findings"])
+        body.update(
+            status=status or verdict.status,
+            decided_by=decided_by,
+            reason=reason,
+            reviewed_findings=body["findings"],
+        )
     app.verdict = body
     session.add(
         CharterVerdict(
@@ -133,7 +143,12 @@ def _status_after(verdict: Verdict) -> str:
 
 
 def register_app(
-    session: Session, *, body: Any, charter: Charter, secret_key: bytes, dev_mode: bool,
+    session: Session,
+    *,
+    body: Any,
+    charter: Charter,
+    secret_key: bytes,
+    dev_mode: bool,
     now: datetime,
 ) -> Registered:
     """RFC 7591 §3: validate, check against the charter, store; the answer carries the verdict."""
@@ -177,8 +192,14 @@ def authenticate_registration(
 
 
 def update_app(
-    session: Session, *, app: App, body: Any, charter: Charter, secret_key: bytes,
-    dev_mode: bool, now: datetime,
+    session: Session,
+    *,
+    app: App,
+    body: Any,
+    charter: Charter,
+    secret_key: bytes,
+    dev_mode: bool,
+    now: datetime,
 ) -> Registered:
     """RFC 7592 §2.2: replace the metadata; re-run the charter; rotate the access token."""
     if not isinstance(body, dict):
@@ -232,8 +253,7 @@ def registration_response(app: App, issuer: str, token: str | None) -> dict[str,
 def add_holder(session: Session, *, body: Any, charter: Charter, dev_mode: bool, now: datetime) -> Holder:
     decl = validate_holder(body, charter, dev_mode=dev_mode)
     if repository.get_holder(session, decl.identifier) is not None:
-        raise Conflict(f"identifier: a holder {decl.identifier!r} is already registered",
-                       field="identifier")
+        raise Conflict(f"identifier: a holder {decl.identifier!r} is already registered", field="identifier")
     holder = Holder(
         identifier=decl.identifier,
         legal_name=decl.legal_name,
@@ -317,10 +337,18 @@ def _vocabulary(values: list[str], known: Mapping[str, Any], name: str) -> tuple
 
 
 def search_catalog(
-    session: Session, *, charter: Charter, policy_mode: str, q: str | None = None,
-    categories: list[str] | None = None, purpose: str | None = None,
-    business_models: list[str] | None = None, holder: str | None = None,
-    eu_only: bool = False, cursor: str | None = None, limit: int = 20,
+    session: Session,
+    *,
+    charter: Charter,
+    policy_mode: str,
+    q: str | None = None,
+    categories: list[str] | None = None,
+    purpose: str | None = None,
+    business_models: list[str] | None = None,
+    holder: str | None = None,
+    eu_only: bool = False,
+    cursor: str | None = None,
+    limit: int = 20,
 ) -> dict[str, Any]:
     """One page of the catalog, with the cursor of the next page (or ``None``)."""
     if not 1 <= limit <= MAX_PAGE:
@@ -367,10 +395,14 @@ def app_summary(app: App, charter: Charter) -> dict[str, Any]:
         "client_id": app.client_id,
         "client_name": app.client_name,
         "publisher": app.publisher_name,
-        "business_model": {"id": app.business_model,
-                           "label": _labels(charter.business_models, app.business_model)},
-        "purposes": [{"id": row.purpose, "label": _labels(charter.purposes, row.purpose)}
-                     for row in sorted(app.purpose_rows, key=lambda r: r.purpose)],
+        "business_model": {
+            "id": app.business_model,
+            "label": _labels(charter.business_models, app.business_model),
+        },
+        "purposes": [
+            {"id": row.purpose, "label": _labels(charter.purposes, row.purpose)}
+            for row in sorted(app.purpose_rows, key=lambda r: r.purpose)
+        ],
         "categories": sorted(r["category"] for r in manifest["data_requests"]),
         "data_leaves_eu": app.data_leaves_eu,
         "status": app.status,
@@ -389,9 +421,7 @@ def _verdict_summary(app: App) -> dict[str, Any] | None:
     }
 
 
-def app_facts(
-    session: Session, *, client_id: str, charter: Charter, policy_mode: str
-) -> dict[str, Any]:
+def app_facts(session: Session, *, client_id: str, charter: Charter, policy_mode: str) -> dict[str, Any]:
     """An app's public page of facts: who, how it is paid for, what it asks and why."""
     app = repository.get_app(session, client_id)
     if app is None or app.status not in LISTED[policy_mode]:
@@ -412,13 +442,11 @@ def app_facts(
             "funding_sources": manifest["business_model"].get("funding_sources", []),
         },
         purposes=[
-            {"id": p["id"], "label": _labels(charter.purposes, p["id"]),
-             "description": p.get("description")}
+            {"id": p["id"], "label": _labels(charter.purposes, p["id"]), "description": p.get("description")}
             for p in manifest["purposes"]
         ],
         data_requests=[
-            {**r, "label": _labels(charter.categories, r["category"])}
-            for r in manifest["data_requests"]
+            {**r, "label": _labels(charter.categories, r["category"])} for r in manifest["data_requests"]
         ],
         retention=manifest.get("retention"),
         rights=manifest.get("rights"),
