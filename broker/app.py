@@ -23,6 +23,7 @@ from broker.charter import load_charter
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
+from broker.http import in_transaction
 from broker.keys import KeyStore
 from broker.settings import Settings
 
@@ -147,11 +148,10 @@ async def index(state: State) -> str:
             "charter": state.charters.current(session),
         }
 
-    from broker.http import in_transaction
-
     facts = await in_transaction(state.session_factory, work)
     template = state.templates.get_template("index.html")
-    return template.render(issuer=state.settings.issuer, version=__version__, **facts)
+    page: str = template.render(issuer=state.settings.issuer, version=__version__, **facts)
+    return page
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

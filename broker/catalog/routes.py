@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 from sqlalchemy.orm import Session
 
 from broker.catalog import enforcement, service
@@ -45,7 +45,7 @@ async def register(request: Request[Any, Any, Any], state: State) -> Response[di
 
 @get("/register/{client_id:str}", summary="Read an app's registration (RFC 7592)", tags=["registration"])
 async def read_registration(
-    request: Request[Any, Any, Any], state: State, client_id: str
+    request: Request[Any, Any, Any], state: State, client_id: FromPath[str]
 ) -> Response[dict[str, Any]]:
     token = bearer_token(request)
     settings = state.settings
@@ -61,7 +61,7 @@ async def read_registration(
 
 @put("/register/{client_id:str}", summary="Update an app's registration (RFC 7592)", tags=["registration"])
 async def update_registration(
-    request: Request[Any, Any, Any], state: State, client_id: str
+    request: Request[Any, Any, Any], state: State, client_id: FromPath[str]
 ) -> Response[dict[str, Any]]:
     token = bearer_token(request)
     body = await json_body(request)
@@ -91,7 +91,9 @@ async def update_registration(
     summary="Deregister an app (RFC 7592)",
     tags=["registration"],
 )
-async def delete_registration(request: Request[Any, Any, Any], state: State, client_id: str) -> None:
+async def delete_registration(
+    request: Request[Any, Any, Any], state: State, client_id: FromPath[str]
+) -> None:
     token = bearer_token(request)
     settings = state.settings
 
@@ -146,7 +148,7 @@ async def search_apps(
 
 
 @get("/api/catalog/apps/{client_id:str}", summary="An app's public page of facts", tags=["catalog"])
-async def app_facts(state: State, client_id: str) -> Response[dict[str, Any]]:
+async def app_facts(state: State, client_id: FromPath[str]) -> Response[dict[str, Any]]:
     def work(session: Session) -> dict[str, Any]:
         return service.app_facts(
             session,
@@ -172,7 +174,7 @@ async def holders(state: State) -> list[dict[str, Any]]:
 
 @get("/register/{client_id:str}/verdict", summary="The app's charter verdict, again", tags=["registration"])
 async def read_verdict(
-    request: Request[Any, Any, Any], state: State, client_id: str
+    request: Request[Any, Any, Any], state: State, client_id: FromPath[str]
 ) -> Response[dict[str, Any]]:
     token = bearer_token(request)
     settings = state.settings
@@ -218,7 +220,7 @@ async def admin_add_holder(request: Request[Any, Any, Any], state: State) -> dic
 
 @post("/admin/holders/{identifier:str}/approve", status_code=200, summary="Approve a holder")
 async def admin_approve_holder(
-    request: Request[Any, Any, Any], state: State, identifier: str
+    request: Request[Any, Any, Any], state: State, identifier: FromPath[str]
 ) -> dict[str, Any]:
     operator = await _as_operator(request, state)
 
@@ -231,7 +233,7 @@ async def admin_approve_holder(
 
 @get("/admin/holders", summary="Every holder, with its status")
 async def admin_list_holders(
-    request: Request[Any, Any, Any], state: State, status: str | None = None
+    request: Request[Any, Any, Any], state: State, status: FromQuery[str | None] = None
 ) -> list[dict[str, Any]]:
     await _as_operator(request, state)
     return await in_transaction(
@@ -250,7 +252,9 @@ async def admin_reviews(request: Request[Any, Any, Any], state: State) -> list[d
     status_code=200,
     summary="Settle a needs_review verdict, with a reason",
 )
-async def admin_decide(request: Request[Any, Any, Any], state: State, client_id: str) -> dict[str, Any]:
+async def admin_decide(
+    request: Request[Any, Any, Any], state: State, client_id: FromPath[str]
+) -> dict[str, Any]:
     operator = await _as_operator(request, state)
     body = await json_body(request)
     if not isinstance(body, dict):

@@ -173,6 +173,8 @@ def _validate_jwks(value: Any, path: str, checker: _Checker) -> dict[str, Any]:
         checker.obj(item, key_path)
         try:
             key = jwk.JWK(**item)
+            # Building the verification key checks the point is on the curve, the modulus, …
+            key.get_op_key("verify")
         except (JWException, ValueError, TypeError) as exc:
             raise checker.fail(key_path, f"is not a valid JWK ({exc})") from None
         if key.has_private:

@@ -26,7 +26,7 @@ from broker.catalog.schemas import (
     validate_client_registration,
     validate_holder,
 )
-from broker.charter import Charter, Verdict, evaluate, manifest_digest
+from broker.charter import MALFORMED_RULES, Charter, Verdict, evaluate, manifest_digest
 from broker.errors import Conflict, InvalidClientMetadata, InvalidRequest, InvalidToken, NotFound
 from broker.opaque import new_secret, secret_digest, secret_matches
 
@@ -138,8 +138,19 @@ def _flush_guarding_name(session: Session) -> None:
         ) from None
 
 
-def _status_after(verdict: Verdict) -> str:
-    return verdict.status  # approved | refused | needs_review
+def _checked(metadata: dict[str, Any], charter: Charter, dev_mode: bool) -> Verdict:
+    """The charter's verdict; a manifest the charter finds malformed is a 400, not a verdict.
+
+    The schema checks types, URIs and vocabularies; the charter's own ``manifest.*`` rules
+    are the authority on which members a manifest must have, so both agree by construction.
+    """
+    verdict = evaluate(metadata, charter, allow_loopback_http=dev_mode)
+    if verdict.malformed:
+        problems = [f for f in verdict.findings if f.rule in MALFORMED_RULES]
+        raise InvalidClientMetadata(
+            "; ".join(f"{f.field}: {f.message.en}" for f in problems), field=problems[0].field
+        )
+    return verdict
 
 
 def register_app(
@@ -154,13 +165,13 @@ def register_app(
     """RFC 7591 §3: validate, check against the charter, store; the answer carries the verdict."""
     reg = validate_client_registration(body, charter, dev_mode=dev_mode)
     _check_name_free(session, fold(reg.client_name), None)
-    verdict = evaluate(reg.metadata, charter, allow_loopback_http=dev_mode)
+    verdict = _checked(reg.metadata, charter, dev_mode)
     digest = manifest_digest(reg.metadata)
     token = new_secret(REGISTRATION_TOKEN_PREFIX)
     app = App(
         client_id="app_" + secrets.token_urlsafe(12),
         manifest_sha256=digest,
-        status=_status_after(verdict),
+        status=verdict.status,
         registration_token_hash=secret_digest(secret_key, token),
         created_at=now,
         updated_at=now,
@@ -212,12 +223,12 @@ def update_app(
         )
     reg = validate_client_registration(body, charter, dev_mode=dev_mode)
     _check_name_free(session, fold(reg.client_name), app.client_id)
-    verdict = evaluate(reg.metadata, charter, allow_loopback_http=dev_mode)
+    verdict = _checked(reg.metadata, charter, dev_mode)
     digest = manifest_digest(reg.metadata)
     token = new_secret(REGISTRATION_TOKEN_PREFIX)
     _fill(app, reg, charter)
     app.manifest_sha256 = digest
-    app.status = _status_after(verdict)
+    app.status = verdict.status
     app.updated_at = now
     # Rotation: the token used for this update is revoked by this very change.
     app.registration_token_hash = secret_digest(secret_key, token)

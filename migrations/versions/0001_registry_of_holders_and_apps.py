@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 18:06:27.277881
+Create Date: 2026-11-28 18:23:37.313507
 """
 
 from collections.abc import Sequence
@@ -42,6 +42,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("apps", schema=None) as batch_op:
         batch_op.create_index("ix_apps_status_name", ["status", "name_key", "client_id"], unique=False)
+
+    op.create_table(
+        "charter_versions",
+        sa.Column("version", sa.String(length=32), nullable=False),
+        sa.Column("document", sa.JSON(), nullable=False),
+        sa.Column("applied_at", broker.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("applied_by", sa.String(length=120), nullable=False),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_charter_versions")),
+    )
+    with op.batch_alter_table("charter_versions", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_charter_versions_applied_at"), ["applied_at"], unique=False)
 
     op.create_table(
         "holders",
@@ -161,6 +172,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_holders_status"))
 
     op.drop_table("holders")
+    with op.batch_alter_table("charter_versions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_charter_versions_applied_at"))
+
+    op.drop_table("charter_versions")
     with op.batch_alter_table("apps", schema=None) as batch_op:
         batch_op.drop_index("ix_apps_status_name")
 

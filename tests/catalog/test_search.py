@@ -34,6 +34,7 @@ def _emergency_card(name: str) -> dict[str, Any]:
     manifest["business_model"] = {
         "model": "public_service",
         "description": "Gratuit, financé par l'Assurance maladie.",
+        "funding_sources": [{"name": "Assurance maladie", "kind": "public_funding"}],
     }
     return body
 
@@ -60,7 +61,7 @@ def names(response: Any) -> list[str]:
 def test_neutral_order_and_filters(client: Any, catalog: dict[str, str]) -> None:
     assert names(client.get("/api/catalog/apps")) == ["Alpha Glucose", "Mon Livret Santé", "Zèbre Diabète"]
     assert names(client.get("/api/catalog/apps", params={"q": "zebre"})) == ["Zèbre Diabète"]
-    assert names(client.get("/api/catalog/apps", params={"q": "GLYCÉMIE"})) == [
+    assert names(client.get("/api/catalog/apps", params={"q": "HBA1C"})) == [
         "Alpha Glucose",
         "Zèbre Diabète",
     ]
