@@ -1,0 +1,1 @@
+"""Patient accounts: local log-in, external OpenID Connect log-in, sessions and CSRF."""
