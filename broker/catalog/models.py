@@ -71,6 +71,7 @@ class App(Base):
 
     category_rows: Mapped[list[AppCategory]] = relationship(cascade="all, delete-orphan", lazy="selectin")
     purpose_rows: Mapped[list[AppPurpose]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    term_rows: Mapped[list[AppSearchTerm]] = relationship(cascade="all, delete-orphan", lazy="select")
 
     __table_args__ = (
         # The catalog lists by status in a stated neutral order: folded name, then id.
@@ -90,6 +91,20 @@ class AppPurpose(Base):
 
     client_id: Mapped[str] = mapped_column(ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True)
     purpose: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class AppSearchTerm(Base):
+    """One folded word of an app's name, publisher or purposes, for indexed prefix search.
+
+    ``LIKE '%word%'`` over every app is a full scan; a range on this primary key is not.
+    """
+
+    __tablename__ = "app_search_terms"
+
+    term: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class CharterVerdict(Base):

@@ -12,6 +12,7 @@ from broker.catalog.models import (
     App,
     AppCategory,
     AppPurpose,
+    AppSearchTerm,
     CharterVersion,
     Holder,
     HolderCategory,
@@ -32,10 +33,6 @@ class CatalogQuery:
     limit: int = 20
 
 
-def _like_escape(word: str) -> str:
-    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
     """One page of apps in the catalog's stated order (folded name, then client_id).
 
@@ -43,25 +40,33 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
     so pages stay stable while apps are registered or removed in between.
     """
     stmt = select(App).where(App.status.in_(query.statuses))
+    # Each filter is an IN over an indexed table, so a selective filter drives the query.
     for word in query.words:
-        stmt = stmt.where(App.search_text.like(f"%{_like_escape(word)}%", escape="\\"))
+        # Prefix match on whole words: "glyc" finds "glycemie"; a range on the primary key.
+        stmt = stmt.where(
+            App.client_id.in_(
+                select(AppSearchTerm.client_id).where(
+                    AppSearchTerm.term >= word, AppSearchTerm.term < word + "\uffff"
+                )
+            )
+        )
     for category in query.categories:
         stmt = stmt.where(
-            exists().where(AppCategory.client_id == App.client_id, AppCategory.category == category)
+            App.client_id.in_(select(AppCategory.client_id).where(AppCategory.category == category))
         )
     if query.purpose:
         stmt = stmt.where(
-            exists().where(AppPurpose.client_id == App.client_id, AppPurpose.purpose == query.purpose)
+            App.client_id.in_(select(AppPurpose.client_id).where(AppPurpose.purpose == query.purpose))
         )
     if query.business_models:
         stmt = stmt.where(App.business_model.in_(query.business_models))
     if query.holder:
         # An app can be fed by a holder that serves at least one category it requests.
         stmt = stmt.where(
-            exists().where(
-                AppCategory.client_id == App.client_id,
-                HolderCategory.category == AppCategory.category,
-                HolderCategory.holder_id == query.holder,
+            App.client_id.in_(
+                select(AppCategory.client_id)
+                .join(HolderCategory, HolderCategory.category == AppCategory.category)
+                .where(HolderCategory.holder_id == query.holder)
             )
         )
     if query.eu_only:

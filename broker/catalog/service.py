@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.catalog import repository
-from broker.catalog.models import App, AppCategory, AppPurpose, CharterVerdict, Holder, HolderCategory
+from broker.catalog.models import (
+    App,
+    AppCategory,
+    AppPurpose,
+    AppSearchTerm,
+    CharterVerdict,
+    Holder,
+    HolderCategory,
+)
 from broker.catalog.schemas import (
     ClientRegistration,
     fold,
@@ -46,6 +55,11 @@ LISTED = {
 class Registered:
     app: App
     registration_access_token: str | None
+
+
+def search_terms(folded: str) -> list[str]:
+    """The distinct words of a folded text, as the search index keeps them."""
+    return sorted({w[:64] for w in re.split(r"[^\w]+", folded) if w})
 
 
 def _search_text(reg: ClientRegistration, charter: Charter) -> str:
@@ -115,6 +129,7 @@ def _fill(app: App, reg: ClientRegistration, charter: Charter) -> None:
     app.search_text = _search_text(reg, charter)
     app.token_endpoint_auth_method = reg.token_endpoint_auth_method
     app.category_rows = [AppCategory(category=c) for c in reg.categories]
+    app.term_rows = [AppSearchTerm(term=t) for t in search_terms(app.search_text)]
     app.purpose_rows = [AppPurpose(purpose=p) for p in reg.purposes]
 
 
@@ -322,6 +337,7 @@ def holder_json(holder: Holder, *, private: bool = False) -> dict[str, Any]:
 # -- the public catalog ---------------------------------------------------------------------
 
 MAX_PAGE = 100
+ORDER = "alphabetical by name; no app pays for its place"
 
 
 def _encode_cursor(app: App) -> str:
@@ -374,7 +390,7 @@ def search_catalog(
             raise InvalidRequest(f"holder: no approved holder {holder!r}", field="holder")
     query = repository.CatalogQuery(
         statuses=LISTED[policy_mode],
-        words=tuple(fold(q).split()) if q else (),
+        words=tuple(search_terms(fold(q))) if q else (),
         categories=_vocabulary(categories or [], charter.categories, "category"),
         purpose=purpose,
         business_models=_vocabulary(business_models or [], charter.business_models, "business_model"),
@@ -383,11 +399,14 @@ def search_catalog(
         after=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
+    if q and q.strip() and not query.words:
+        # Only punctuation: nothing can match, and an empty filter must not list everything.
+        return {"order": ORDER, "items": [], "next_cursor": None}
     rows = list(repository.search_apps(session, query))
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "order": "alphabetical by name; no app pays for its place",
+        "order": ORDER,
         "items": [app_summary(app, charter) for app in rows],
         "next_cursor": _encode_cursor(rows[-1]) if more else None,
     }

@@ -110,6 +110,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_app_purposes_purpose"), ["purpose"], unique=False)
 
     op.create_table(
+        "app_search_terms",
+        sa.Column("term", sa.String(length=64), nullable=False),
+        sa.Column("client_id", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["client_id"], ["apps.client_id"], name=op.f("fk_app_search_terms_client_id_apps"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("term", "client_id", name=op.f("pk_app_search_terms")),
+    )
+    with op.batch_alter_table("app_search_terms", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_app_search_terms_client_id"), ["client_id"], unique=False)
+
+    op.create_table(
         "charter_verdicts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
@@ -163,6 +175,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_app_purposes_purpose"))
 
     op.drop_table("app_purposes")
+    with op.batch_alter_table("app_search_terms", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_app_search_terms_client_id"))
+
+    op.drop_table("app_search_terms")
     with op.batch_alter_table("app_categories", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_app_categories_category"))
 

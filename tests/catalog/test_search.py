@@ -119,11 +119,20 @@ def test_bad_search_parameters(
     assert response.json()["field"] == field
 
 
-@pytest.mark.parametrize("q", ["%", "_", "' OR '1'='1", "\\", "<script>", "a%' --", '"; --'])
-def test_metacharacters_in_search_match_nothing_unexpected(
-    client: Any, catalog: dict[str, str], q: str
-) -> None:
-    assert names(client.get("/api/catalog/apps", params={"q": q})) == []
+@pytest.mark.parametrize("q", ["%", "_", "\\", "' OR '1'='1", "<script>", "a%' --", "\"; --", "glyc%"])
+def test_metacharacters_in_search_are_inert(client: Any, catalog: dict[str, str], q: str) -> None:
+    """A query means its words: the same results as the words alone, never "everything"."""
+    import re
+
+    words = " ".join(re.findall(r"\w+", q))
+    expected = names(client.get("/api/catalog/apps", params={"q": words})) if words.strip("_") else []
+    assert names(client.get("/api/catalog/apps", params={"q": q})) == expected
+
+
+def test_prefix_search(client: Any, catalog: dict[str, str]) -> None:
+    assert names(client.get("/api/catalog/apps", params={"q": "zeb"})) == ["Zèbre Diabète"]
+    assert names(client.get("/api/catalog/apps", params={"q": "livret sant"})) == ["Mon Livret Santé"]
+    assert names(client.get("/api/catalog/apps", params={"q": "ebre"})) == []
 
 
 def test_not_a_number_limit_is_a_clear_400(client: Any) -> None:
