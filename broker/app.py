@@ -12,6 +12,7 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin
+from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
 from sqlalchemy.orm import Session
 
@@ -20,12 +21,16 @@ from broker.catalog import repository
 from broker.catalog.enforcement import CharterInForce
 from broker.catalog.routes import admin_router, registry_router
 from broker.charter import load_charter
+from broker.consent.pages import consent_pages
+from broker.consent.patients import patient_pages, patient_state
+from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.http import in_transaction
 from broker.keys import KeyStore
 from broker.settings import Settings
+from broker.web.i18n import STATIC
 
 log = logging.getLogger("broker")
 
@@ -175,6 +180,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 loader=FileSystemLoader(TEMPLATES),
                 autoescape=select_autoescape(["html"]),
             ),
+            # The patient pages: Jinja2 environments per language, password hashing, OIDC.
+            **patient_state(settings),
         }
     )
 
@@ -188,7 +195,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             seed_demo(session, settings)
 
     return Litestar(
-        route_handlers=[index, metadata, jwks, registry_router, admin_router],
+        route_handlers=[index, metadata, jwks, registry_router, admin_router, *oauth_routes,
+                        *consent_pages,
+                        patient_pages,
+                        create_static_files_router(path="/static", directories=[STATIC],
+                                                   include_in_schema=False)],
         state=state,
         exception_handlers={
             BrokerError: handle_broker_error,

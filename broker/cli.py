@@ -185,6 +185,23 @@ def cmd_reviews(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_links(settings: Settings, args: argparse.Namespace) -> int:
+    """Operator import of patient ↔ holder links (bulk and demo seeding), from CSV.
+
+    Columns: ``email`` (the patient's account), ``holder`` (identifier), and optionally
+    ``handle`` when the holder already has one for this patient.
+    """
+    import csv
+
+    from broker.consent.links import import_links
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    report = _with_session(settings, lambda s: import_links(s, rows))
+    _print_json(report)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from broker.demo import seed_demo
 
@@ -242,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--reason", required=True)
     decide.add_argument("--operator", default="cli")
     reviews.set_defaults(func=cmd_reviews)
+
+    links = sub.add_parser("links", help="patient ↔ holder links")
+    links_sub = links.add_subparsers(dest="action", required=True)
+    links_import = links_sub.add_parser("import", help="import links from CSV: email,holder[,handle]")
+    links_import.add_argument("file")
+    links.set_defaults(func=cmd_links)
 
     sub.add_parser("demo", help="seed the demo holder and app").set_defaults(func=cmd_demo)
     return parser

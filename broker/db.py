@@ -81,8 +81,21 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+class KeepChanges(Exception):
+    """Mixed into an error whose unit of work must still commit: a refusal that revokes
+    something (a replayed code or refresh token) must not roll its revocation back."""
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commits once at the end, rolls back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """One unit of work: commits once at the end, rolls back on any error but KeepChanges."""
+    with factory() as session:
+        try:
+            yield session
+        except KeepChanges:
+            session.commit()
+            raise
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()

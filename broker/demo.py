@@ -6,6 +6,7 @@ Seeding is idempotent: `make run` may start the broker any number of times.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any
 
@@ -16,6 +17,8 @@ from broker.catalog import repository, service
 from broker.catalog.schemas import fold
 from broker.db import utcnow
 from broker.settings import Settings
+
+log = logging.getLogger("broker.demo")
 
 DEMO_HOLDER_ID = "labo-demo"
 DEMO_APP_NAME = "Suivi Glycémie"
@@ -105,6 +108,7 @@ def _demo_holder_key(settings: Settings) -> dict[str, Any]:
 
 def seed_demo(session: Session, settings: Settings) -> None:
     from broker.catalog.enforcement import CharterInForce
+    from broker.consent.patients import seed_demo_patients
 
     now = utcnow()
     charter = CharterInForce(settings.charter_version).current(session)
@@ -133,3 +137,8 @@ def seed_demo(session: Session, settings: Settings) -> None:
             dev_mode=True,
             now=now,
         )
+    # Demo patients have published passwords: development mode only (they refuse otherwise).
+    if settings.dev_mode:
+        seed_demo_patients(session, settings)
+    else:
+        log.warning("BROKER_DEMO without BROKER_DEV_MODE: the demo patients are not created")

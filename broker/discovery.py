@@ -18,6 +18,11 @@ def authorization_server_metadata(issuer: str, charter_categories: list[str]) ->
     return {
         "issuer": issuer,
         "registration_endpoint": f"{issuer}/register",
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "pushed_authorization_request_endpoint": f"{issuer}/par",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "jwks_uri": f"{issuer}/jwks.json",
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

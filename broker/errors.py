@@ -97,3 +97,42 @@ class InvalidRedirectURI(OAuthError):
 class InvalidToken(OAuthError):
     status = 401
     error = "invalid_token"
+
+
+class InvalidClient(OAuthError):
+    status = 401
+    error = "invalid_client"
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+
+
+class InvalidAuthorizationDetails(OAuthError):
+    """RFC 9396 §5."""
+
+    error = "invalid_authorization_details"
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: the ``resource`` is not one this client may get a token for."""
+
+    error = "invalid_target"
+
+
+class UnsupportedTokenType(OAuthError):
+    """RFC 7009 §2.2.1."""
+
+    error = "unsupported_token_type"

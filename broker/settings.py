@@ -107,6 +107,35 @@ class Settings:
     token_lifetime: int = 300
     #: BROKER_CHARTER_VERSION — the charter version this broker enforces (latest if empty).
     charter_version: str | None = None
+    #: BROKER_SESSION_IDLE_TIMEOUT — seconds without activity after which a patient's session
+    #: ends (OWASP Session Management: 15–30 min for sensitive services).
+    session_idle_timeout: int = 30 * 60
+    #: BROKER_SESSION_ABSOLUTE_TIMEOUT — seconds after log-in at which a session ends anyway.
+    session_absolute_timeout: int = 12 * 3600
+    #: BROKER_ARGON2_MEMORY_KIB / BROKER_ARGON2_TIME_COST / BROKER_ARGON2_PARALLELISM — the
+    #: argon2id cost of patients' passwords; never below the OWASP minimum (19 MiB, t=2, p=1).
+    #: The defaults are RFC 9106's "low memory" profile. Changing them rehashes at next log-in.
+    argon2_memory_kib: int = 64 * 1024
+    argon2_time_cost: int = 3
+    argon2_parallelism: int = 4
+    #: BROKER_PASSWORD_HASH_CONCURRENCY — password hashes computed at once (one per core is
+    #: right); further log-ins wait, so that a flood of them cannot starve other requests.
+    password_hash_concurrency: int = 2
+    #: BROKER_OIDC_ISSUER — an external OpenID Connect provider patients may log in with
+    #: (e.g. FranceConnect); empty: none. Its discovery document is read from the issuer.
+    oidc_issuer: str | None = None
+    #: BROKER_OIDC_CLIENT_ID / BROKER_OIDC_CLIENT_SECRET — the broker's client at that provider;
+    #: the redirect URI to register there is ``<BROKER_ISSUER>/login/oidc/callback``.
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)
+    #: BROKER_OIDC_NAME — the provider's name on the log-in button ("Se connecter avec …").
+    oidc_name: str = "FranceConnect"
+    #: BROKER_OIDC_SCOPES — scopes asked of the provider, separated by spaces; ``openid`` first.
+    oidc_scopes: str = "openid"
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_client_id)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +159,25 @@ class Settings:
             )
         host = env.get("BROKER_HOST", "").strip() or "127.0.0.1"
         port = _int(env, "BROKER_PORT", 8000, 1, 65535)
+        idle = _int(env, "BROKER_SESSION_IDLE_TIMEOUT", cls.session_idle_timeout, 60, 24 * 3600)
+        absolute = _int(env, "BROKER_SESSION_ABSOLUTE_TIMEOUT", cls.session_absolute_timeout, 300, 7 * 86400)
+        if absolute < idle:
+            raise SettingsError(
+                "BROKER_SESSION_ABSOLUTE_TIMEOUT", "must not be shorter than BROKER_SESSION_IDLE_TIMEOUT"
+            )
+        oidc_issuer = env.get("BROKER_OIDC_ISSUER", "").strip() or None
+        oidc_client_id = env.get("BROKER_OIDC_CLIENT_ID", "").strip() or None
+        oidc_client_secret = env.get("BROKER_OIDC_CLIENT_SECRET", "").strip() or None
+        if oidc_issuer:
+            # The issuer is compared exactly with the ID token's ``iss`` (OIDC Core §3.1.3.7).
+            oidc_issuer = _issuer(env, "BROKER_OIDC_ISSUER", oidc_issuer, dev_mode)
+            if not oidc_client_id:
+                raise SettingsError("BROKER_OIDC_CLIENT_ID", "is required when BROKER_OIDC_ISSUER is set")
+            if not oidc_client_secret:
+                raise SettingsError("BROKER_OIDC_CLIENT_SECRET", "is required when BROKER_OIDC_ISSUER is set")
+        scopes = env.get("BROKER_OIDC_SCOPES", "").strip() or "openid"
+        if "openid" not in scopes.split():
+            raise SettingsError("BROKER_OIDC_SCOPES", "must contain openid")
         return cls(
             database_url=_database_url(env, "BROKER_DATABASE_URL", cls.database_url),
             issuer=_issuer(env, "BROKER_ISSUER", f"http://{host}:{port}", dev_mode),
@@ -143,6 +191,17 @@ class Settings:
             max_body_bytes=_int(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, 1024, 10 * 1024 * 1024),
             token_lifetime=_int(env, "BROKER_TOKEN_LIFETIME", 300, 30, 300),
             charter_version=env.get("BROKER_CHARTER_VERSION", "").strip() or None,
+            session_idle_timeout=idle,
+            session_absolute_timeout=absolute,
+            argon2_memory_kib=_int(env, "BROKER_ARGON2_MEMORY_KIB", 64 * 1024, 19456, 4 * 1024 * 1024),
+            argon2_time_cost=_int(env, "BROKER_ARGON2_TIME_COST", 3, 2, 64),
+            argon2_parallelism=_int(env, "BROKER_ARGON2_PARALLELISM", 4, 1, 64),
+            password_hash_concurrency=_int(env, "BROKER_PASSWORD_HASH_CONCURRENCY", 2, 1, 64),
+            oidc_issuer=oidc_issuer,
+            oidc_client_id=oidc_client_id,
+            oidc_client_secret=oidc_client_secret,
+            oidc_name=env.get("BROKER_OIDC_NAME", "").strip() or "FranceConnect",
+            oidc_scopes=scopes,
         )
 
 

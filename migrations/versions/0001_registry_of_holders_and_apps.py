@@ -114,7 +114,10 @@ def upgrade() -> None:
         sa.Column("term", sa.String(length=64), nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
-            ["client_id"], ["apps.client_id"], name=op.f("fk_app_search_terms_client_id_apps"), ondelete="CASCADE"
+            ["client_id"],
+            ["apps.client_id"],
+            name=op.f("fk_app_search_terms_client_id_apps"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("term", "client_id", name=op.f("pk_app_search_terms")),
     )

@@ -12,7 +12,6 @@ from alembic import op
 
 import broker.db
 
-
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -26,6 +25,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=300), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("window_started_at", broker.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_failure_at", broker.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("blocked_until", broker.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_login_throttles")),
     )

@@ -61,7 +61,10 @@ class LoginThrottle(Base):
 
     __tablename__ = "login_throttles"
 
-    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # "account:<hmac>", "ip:<addr>"
+    # "account:<hmac>", "ip:<hmac>": HMACs, so that the table names no address and no e-mail.
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The count is forgotten after a quiet period measured from the last failure.
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

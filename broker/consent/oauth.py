@@ -1,0 +1,524 @@
+"""The authorization server: authorization requests, codes, tokens (DESIGN steps 5, 6, 9).
+
+authlib's server classes are synchronous and framework-bound; the broker uses authlib's
+primitives (PKCE) and spells out the flow itself, because most of what it must enforce is
+not in authlib: PKCE S256 for every client, RFC 9396 authorization details, RFC 8707
+resource indicators, RFC 9126 pushed requests, RFC 9207 ``iss``, the consent record, and the
+Token Status List.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from broker.catalog.models import App, Holder
+from broker.charter import Charter, allowed_categories
+from broker.consent.models import (
+    AuthorizationCode,
+    AuthorizationRequest,
+    ConsentRecord,
+    HolderLink,
+    RefreshToken,
+)
+from broker.consent.service import VALID, effective_status, status_reference
+from broker.db import KeepChanges
+from broker.errors import (
+    BrokerError,
+    InvalidAuthorizationDetails,
+    InvalidClient,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    OAuthError,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from broker.keys import KeyStore
+from broker.opaque import new_secret, secret_digest
+from broker.settings import Settings
+
+AUTHORIZATION_REQUEST_TTL = timedelta(minutes=10)  # time for the patient to log in and decide
+PAR_TTL = timedelta(seconds=90)  # RFC 9126 §2.2: short-lived request_uri
+CODE_TTL = timedelta(seconds=60)  # RFC 6749 §4.1.2 recommends at most 10 minutes
+REFRESH_IDLE = timedelta(days=30)
+PAR_PREFIX = "urn:ietf:params:oauth:request_uri:"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_PKCE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")  # RFC 7636 §4.1 and §4.2
+_CHALLENGE = re.compile(r"^[A-Za-z0-9\-_]{43}$")  # base64url of a SHA-256 digest
+
+
+class ReplayRefused(InvalidGrant, KeepChanges):
+    """A spent code or refresh token came back: refused, and what it produced is revoked."""
+
+
+class AuthorizationPageError(BrokerError):
+    """An error the broker must show on a page, never as a redirect (RFC 6749 §4.1.2.1,
+    RFC 9700 §4.11.2): unknown client, unregistered redirect URI, app not approved."""
+
+    status = 400
+    slug = "authorization-refused"
+    title = "This app cannot ask for your consent"
+
+
+@dataclass
+class RedirectError(Exception):
+    """An RFC 6749 §4.1.2.1 error sent back to the app's verified redirect URI, with ``iss``."""
+
+    redirect_uri: str
+    error: str
+    description: str
+    state: str | None
+    issuer: str
+
+    def location(self) -> str:
+        return authorization_response(
+            self.redirect_uri,
+            self.issuer,
+            state=self.state,
+            error=self.error,
+            error_description=self.description,
+        )
+
+
+def authorization_response(redirect_uri: str, issuer: str, **params: str | None) -> str:
+    """The redirect back to the app; RFC 9207 ``iss`` on every response, errors included."""
+    query = {k: v for k, v in params.items() if v is not None}
+    query["iss"] = issuer
+    separator = "&" if "?" in redirect_uri else "?"
+    return redirect_uri + separator + urlencode(query)
+
+
+# -- what an app asks for --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requested:
+    """One requested RFC 9396 ``health_data`` detail, checked against the approved manifest."""
+
+    purpose: str
+    categories: tuple[str, ...]
+    holder: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"purpose": self.purpose, "categories": list(self.categories), "holder": self.holder}
+
+
+def _manifest_requests(app: App) -> list[dict[str, Any]]:
+    return list(app.client_metadata["charter_manifest"]["data_requests"])
+
+
+def parse_requested(
+    app: App, charter: Charter, *, scope: str | None, authorization_details: str | None
+) -> list[Requested]:
+    """Scopes naming categories, or RFC 9396 details; nothing beyond the approved manifest.
+
+    With neither, the app asks for everything its manifest declares.
+    """
+    manifest = app.client_metadata["charter_manifest"]
+    requests = _manifest_requests(app)
+    if authorization_details:
+        try:
+            details = json.loads(authorization_details)
+        except ValueError:
+            raise InvalidAuthorizationDetails("authorization_details: not valid JSON") from None
+        if not isinstance(details, list) or not details or len(details) > 20:
+            raise InvalidAuthorizationDetails("authorization_details: a JSON array of 1 to 20 objects")
+        out = []
+        for i, detail in enumerate(details):
+            where = f"authorization_details[{i}]"
+            if not isinstance(detail, dict) or detail.get("type") != "health_data":
+                raise InvalidAuthorizationDetails(f'{where}: type must be "health_data"')
+            purpose = detail.get("purpose")
+            categories = detail.get("categories")
+            holder = detail.get("holder")
+            if not isinstance(purpose, str) or not isinstance(categories, list) or not categories:
+                raise InvalidAuthorizationDetails(f"{where}: purpose and categories are required")
+            if holder is not None and not isinstance(holder, str):
+                raise InvalidAuthorizationDetails(f"{where}.holder: must be a holder identifier")
+            allowed = allowed_categories(charter, manifest, purpose)
+            for category in categories:
+                if not isinstance(category, str) or category not in allowed:
+                    raise InvalidAuthorizationDetails(
+                        f"{where}: {category!r} for {purpose!r} is outside the app's approved "
+                        "manifest (charter art. 06c)"
+                    )
+            out.append(Requested(purpose, tuple(dict.fromkeys(categories)), holder))
+        return out
+    if scope:
+        wanted = scope.split()
+        by_purpose: dict[str, list[str]] = {}
+        for category in wanted:
+            matches = [r["purpose"] for r in requests if r["category"] == category]
+            if not matches:
+                raise InvalidScope(
+                    f"scope: {category!r} is not in the app's approved manifest (charter art. 06c)"
+                )
+            for purpose in matches:
+                if category in allowed_categories(charter, manifest, purpose):
+                    by_purpose.setdefault(purpose, []).append(category)
+        if not by_purpose:
+            raise InvalidScope("scope: no category the charter allows for this app")
+        return [Requested(p, tuple(dict.fromkeys(c))) for p, c in by_purpose.items()]
+    by_purpose = {}
+    for r in requests:
+        if r["category"] in allowed_categories(charter, manifest, r["purpose"]):
+            by_purpose.setdefault(r["purpose"], []).append(r["category"])
+    return [Requested(p, tuple(c)) for p, c in by_purpose.items()]
+
+
+def check_client_and_redirect(session: Session, client_id: str | None, redirect_uri: str | None) -> App:
+    """The first checks, whose failures are shown on a page and never redirected."""
+    app = session.get(App, client_id) if client_id else None
+    if app is None or app.status == "deleted":
+        raise AuthorizationPageError("unknown app (client_id)")
+    # RFC 9700 §2.1: exact string comparison with a registered URI.
+    if not redirect_uri or redirect_uri not in app.client_metadata["redirect_uris"]:
+        raise AuthorizationPageError("the redirect URI is not one this app registered")
+    if app.status != "approved":
+        raise AuthorizationPageError(
+            f"this app is {app.status}: it does not meet the charter «Mes données, ma santé» "
+            "and cannot ask for your consent",
+            app_status=app.status,
+        )
+    return app
+
+
+@dataclass(frozen=True)
+class AuthorizationParams:
+    client_id: str
+    redirect_uri: str
+    state: str
+    code_challenge: str
+    requested: list[Requested] = field(default_factory=list)
+
+
+def check_authorization_params(
+    app: App, charter: Charter, params: Mapping[str, str], issuer: str
+) -> AuthorizationParams:
+    """RFC 6749 §4.1.1 with RFC 7636 and RFC 9396; errors go back to the app, with ``iss``."""
+    redirect_uri = params["redirect_uri"]
+    state = params.get("state") or None
+
+    def fail(error: str, description: str) -> RedirectError:
+        return RedirectError(redirect_uri, error, description, state, issuer)
+
+    if params.get("response_type") != "code":
+        raise fail("unsupported_response_type", "only response_type=code is supported")
+    if not state or len(state) > 500:
+        raise fail("invalid_request", "state is required (at most 500 characters)")
+    challenge = params.get("code_challenge")
+    method = params.get("code_challenge_method")
+    # RFC 9700 §2.1.1: PKCE for every client; S256 only (a missing method means "plain").
+    if not challenge or method != "S256":
+        raise fail("invalid_request", "PKCE is required: code_challenge with code_challenge_method=S256")
+    if not _CHALLENGE.match(challenge):
+        raise fail("invalid_request", "code_challenge must be the base64url SHA-256 of the verifier")
+    if "request" in params:
+        raise fail("request_not_supported", "request objects are not supported; use PAR")
+    try:
+        requested = parse_requested(
+            app, charter, scope=params.get("scope"), authorization_details=params.get("authorization_details")
+        )
+    except OAuthError as exc:
+        raise fail(exc.error, exc.detail) from None
+    return AuthorizationParams(app.client_id, redirect_uri, state, challenge, requested)
+
+
+def store_authorization_request(
+    session: Session, checked: AuthorizationParams, *, pushed: bool, now: datetime
+) -> AuthorizationRequest:
+    request = AuthorizationRequest(
+        id=secrets.token_urlsafe(32),
+        client_id=checked.client_id,
+        redirect_uri=checked.redirect_uri,
+        state=checked.state,
+        code_challenge=checked.code_challenge,
+        requested=[r.to_json() for r in checked.requested],
+        pushed=pushed,
+        created_at=now,
+        expires_at=now + (PAR_TTL if pushed else AUTHORIZATION_REQUEST_TTL),
+    )
+    session.add(request)
+    return request
+
+
+def pending_request(session: Session, request_id: str, now: datetime) -> AuthorizationRequest:
+    request = session.get(AuthorizationRequest, request_id)
+    if request is None or request.used_at is not None or request.expires_at <= now:
+        raise AuthorizationPageError(
+            "this consent request has expired or was already answered; go back to the app and start again"
+        )
+    return request
+
+
+def requested_of(request: AuthorizationRequest) -> list[Requested]:
+    return [Requested(r["purpose"], tuple(r["categories"]), r.get("holder")) for r in request.requested]
+
+
+# -- codes -----------------------------------------------------------------------------------
+
+
+def issue_code(
+    session: Session,
+    *,
+    request: AuthorizationRequest,
+    consent: ConsentRecord,
+    secret_key: bytes,
+    now: datetime,
+) -> str:
+    code = new_secret("hcb_code")
+    session.add(
+        AuthorizationCode(
+            code_hash=secret_digest(secret_key, code),
+            client_id=request.client_id,
+            patient_id=consent.patient_id,
+            consent_id=consent.id,
+            redirect_uri=request.redirect_uri,
+            code_challenge=request.code_challenge,
+            created_at=now,
+            expires_at=now + CODE_TTL,
+        )
+    )
+    return code
+
+
+# -- the token endpoint ---------------------------------------------------------------------
+
+
+def pairwise_subject(secret_key: bytes, patient_id: str, client_id: str) -> str:
+    """A per-app pseudonym: two apps cannot correlate a patient through ``sub`` (step 6)."""
+    digest = hmac.new(secret_key, f"sub|{client_id}|{patient_id}".encode(), hashlib.sha256).digest()
+    return "p_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+@dataclass
+class TokenContext:
+    settings: Settings
+    keystore: KeyStore
+    now: datetime
+    authenticate: Any  # Callable[[Session, Mapping[str, str]], App]: client authentication
+
+
+def _granted_holders(consent: ConsentRecord) -> dict[str, list[dict[str, Any]]]:
+    by_holder: dict[str, list[dict[str, Any]]] = {}
+    for grant in consent.grants:
+        by_holder.setdefault(grant["holder"], []).append(grant)
+    return by_holder
+
+
+def _select_holder(session: Session, consent: ConsentRecord, resource: str | None) -> Holder:
+    """RFC 8707: the holder whose API ``resource`` names (base URL or identifier)."""
+    holders = [session.get(Holder, h) for h in _granted_holders(consent)]
+    candidates = [h for h in holders if h is not None and h.status == "approved"]
+    if not candidates:
+        raise InvalidGrant("no approved holder remains under this consent")
+    if resource is None:
+        return candidates[0]
+    for holder in candidates:
+        if resource in (holder.base_url, holder.identifier):
+            return holder
+    raise InvalidTarget("resource: not a holder this consent covers")
+
+
+def _check_consent_usable(consent: ConsentRecord, app: App, now: datetime) -> None:
+    status = effective_status(consent, app, now)
+    if status != VALID:
+        reason = (
+            "the app is suspended (charter)"
+            if app.status != "approved"
+            else ("the consent was withdrawn or has expired")
+        )
+        raise InvalidGrant(reason)
+
+
+def _access_token(
+    session: Session, ctx: TokenContext, consent: ConsentRecord, app: App, holder: Holder
+) -> tuple[str, list[dict[str, Any]]]:
+    issuer = ctx.settings.issuer
+    grants = _granted_holders(consent)[holder.identifier]
+    link = session.scalars(
+        select(HolderLink).where(
+            HolderLink.patient_id == consent.patient_id,
+            HolderLink.holder_id == holder.identifier,
+            HolderLink.status == "active",
+        )
+    ).first()
+    if link is None:
+        raise InvalidGrant("the patient is no longer linked to this holder")
+    uri, idx = status_reference(consent.status_entry_id, issuer)
+    categories = sorted({c for g in grants for c in g["categories"]})
+    now = int(ctx.now.timestamp())
+    claims = {
+        "iss": issuer,
+        "sub": pairwise_subject(ctx.settings.secret_key, consent.patient_id, app.client_id),
+        "aud": holder.base_url,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ctx.settings.token_lifetime,
+        "jti": secrets.token_urlsafe(16),
+        "client_id": app.client_id,
+        "scope": " ".join(categories),
+        "authorization_details": grants,
+        "consent_id": consent.id,
+        "link_handle": link.handle,
+        "status": {"status_list": {"idx": idx, "uri": uri}},
+    }
+    # RFC 9068 §2.1: typ "at+jwt", so an access token cannot pass for any other JWT.
+    return ctx.keystore.sign(claims, typ="at+jwt"), grants
+
+
+def _refresh_token(session: Session, ctx: TokenContext, consent: ConsentRecord, family_id: str) -> str:
+    token = new_secret("hcb_rt")
+    session.add(
+        RefreshToken(
+            token_hash=secret_digest(ctx.settings.secret_key, token),
+            family_id=family_id,
+            consent_id=consent.id,
+            client_id=consent.client_id,
+            created_at=ctx.now,
+            expires_at=min(consent.expires_at, ctx.now + REFRESH_IDLE),
+        )
+    )
+    return token
+
+
+def _token_response(
+    session: Session, ctx: TokenContext, consent: ConsentRecord, app: App, holder: Holder, refresh: str
+) -> dict[str, Any]:
+    access, _ = _access_token(session, ctx, consent, app, holder)
+    details = []
+    for holder_id, grants in _granted_holders(consent).items():
+        target = session.get(Holder, holder_id)
+        for grant in grants:
+            # RFC 9396 §2.2 ``locations``: where the app takes the token (DESIGN step 8).
+            details.append({**grant, "locations": [target.base_url] if target else []})
+    return {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": ctx.settings.token_lifetime,
+        "refresh_token": refresh,
+        "scope": " ".join(sorted({c for g in consent.grants for c in g["categories"]})),
+        "authorization_details": details,
+        "consent_id": consent.id,
+    }
+
+
+def _revoke_family(session: Session, family_id: str, now: datetime) -> None:
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def token_request(session: Session, form: Mapping[str, str], ctx: TokenContext) -> dict[str, Any]:
+    """RFC 6749 §4.1.3 and §6, with PKCE (RFC 7636) and resource indicators (RFC 8707)."""
+    app = ctx.authenticate(session, form)
+    grant_type = form.get("grant_type")
+    if grant_type == "authorization_code":
+        return _code_grant(session, form, ctx, app)
+    if grant_type == "refresh_token":
+        return _refresh_grant(session, form, ctx, app)
+    raise UnsupportedGrantType("grant_type must be authorization_code or refresh_token")
+
+
+def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: App) -> dict[str, Any]:
+    code = form.get("code")
+    if not code:
+        raise InvalidRequest("code is required")
+    row = session.get(AuthorizationCode, secret_digest(ctx.settings.secret_key, code), with_for_update=True)
+    if row is None or row.client_id != app.client_id:
+        raise InvalidGrant("the authorization code is invalid")
+    if row.used_at is not None:
+        # RFC 9700 §4.2.4: a replayed code revokes what it produced.
+        if row.family_id:
+            _revoke_family(session, row.family_id, ctx.now)
+        raise ReplayRefused("the authorization code was already used; its tokens are revoked")
+    if row.expires_at <= ctx.now:
+        raise InvalidGrant("the authorization code has expired")
+    # RFC 9700 §4.5.3.1: identical redirect_uri.
+    if form.get("redirect_uri") != row.redirect_uri:
+        raise InvalidGrant("redirect_uri differs from the one in the authorization request")
+    verifier = form.get("code_verifier")
+    if not verifier or not _PKCE.match(verifier):
+        raise InvalidGrant("code_verifier is required (43 to 128 characters)")
+    if not hmac.compare_digest(create_s256_code_challenge(verifier), row.code_challenge):
+        raise InvalidGrant("code_verifier does not match the code_challenge")
+    consent = session.get(ConsentRecord, row.consent_id)
+    if consent is None:
+        raise InvalidGrant("the consent no longer exists")
+    _check_consent_usable(consent, app, ctx.now)
+    holder = _select_holder(session, consent, form.get("resource"))
+    family_id = "fam_" + secrets.token_urlsafe(16)
+    row.used_at = ctx.now
+    row.family_id = family_id
+    return _token_response(
+        session, ctx, consent, app, holder, _refresh_token(session, ctx, consent, family_id)
+    )
+
+
+def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: App) -> dict[str, Any]:
+    token = form.get("refresh_token")
+    if not token:
+        raise InvalidRequest("refresh_token is required")
+    row = session.get(RefreshToken, secret_digest(ctx.settings.secret_key, token), with_for_update=True)
+    if row is None or row.client_id != app.client_id:
+        raise InvalidGrant("the refresh token is invalid")
+    if row.used_at is not None:
+        # RFC 9700 §4.14.2: reuse of a rotated token revokes the whole family.
+        _revoke_family(session, row.family_id, ctx.now)
+        raise ReplayRefused("the refresh token was already used; its family is revoked")
+    if row.revoked_at is not None or row.expires_at <= ctx.now:
+        raise InvalidGrant("the refresh token is revoked or expired")
+    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
+    if consent is None:
+        raise InvalidGrant("the consent no longer exists")
+    _check_consent_usable(consent, app, ctx.now)
+    holder = _select_holder(session, consent, form.get("resource"))
+    row.used_at = ctx.now
+    return _token_response(
+        session, ctx, consent, app, holder, _refresh_token(session, ctx, consent, row.family_id)
+    )
+
+
+def revoke_token(
+    session: Session, form: Mapping[str, str], app: App, secret_key: bytes, now: datetime
+) -> None:
+    """RFC 7009 §2.1: an app revokes one of its refresh tokens (and its family)."""
+    token = form.get("token")
+    if not token:
+        raise InvalidRequest("token is required")
+    row = session.get(RefreshToken, secret_digest(secret_key, token))
+    # §2.2: an unknown or foreign token gets the same 200, so the endpoint reveals nothing.
+    if row is not None and row.client_id == app.client_id:
+        _revoke_family(session, row.family_id, now)
+
+
+def check_client_id_only(session: Session, form: Mapping[str, str]) -> App:
+    """Public clients (token_endpoint_auth_method "none"): PKCE is their only proof."""
+    client_id = form.get("client_id")
+    app = session.get(App, client_id) if client_id else None
+    if app is None or app.status == "deleted":
+        raise InvalidClient("unknown client")
+    if app.token_endpoint_auth_method != "none":  # noqa: S105 (a method name, not a secret)
+        raise InvalidClient("this client must authenticate with private_key_jwt")
+    return app
+
+
+def unauthorized(detail: str) -> UnauthorizedClient:
+    return UnauthorizedClient(detail)

@@ -1,0 +1,416 @@
+"""The patient's pages of the consent flow: the authorization request, the consent screen,
+and the list of consents with one-click revocation. Server-rendered; no JavaScript needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+from litestar.response import Redirect
+from sqlalchemy.orm import Session
+
+from broker.catalog.models import App, Holder
+from broker.charter import Charter
+from broker.consent import oauth
+from broker.consent.models import AuthorizationRequest
+from broker.consent.patients import check_csrf, login_redirect, patient_from_request, render_page
+from broker.consent.patients.models import Patient
+from broker.consent.patients.rendering import page_language
+from broker.consent.service import (
+    MAX_CONSENT_DAYS,
+    Grant,
+    active_links,
+    grant_consent,
+    patient_consent,
+    patient_consents,
+    revoke_consent,
+)
+from broker.db import utcnow
+from broker.errors import BrokerError, InvalidRequest
+from broker.http import in_transaction
+
+DURATIONS = (7, 30, 90, 180, 365)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One (purpose, category) line of the consent screen."""
+
+    value: str  # "purpose|category", the form field value
+    purpose: str
+    category: str
+    label: str
+    purpose_label: str
+    justification: str
+    optional: bool
+    sensitive: bool
+
+    @property
+    def checked(self) -> bool:
+        # Sensitive categories are never ticked in advance (MANIFEST.md, art. 06c).
+        return not self.sensitive
+
+
+def _choices(app: App, charter: Charter, request: AuthorizationRequest, lang: str) -> list[Choice]:
+    requests = {
+        (r["purpose"], r["category"]): r for r in app.client_metadata["charter_manifest"]["data_requests"]
+    }
+    out = []
+    for item in oauth.requested_of(request):
+        for category in item.categories:
+            declared = requests.get((item.purpose, category), {})
+            entry = charter.categories[category]
+            out.append(
+                Choice(
+                    value=f"{item.purpose}|{category}",
+                    purpose=item.purpose,
+                    category=category,
+                    label=entry.label(lang),
+                    purpose_label=charter.purposes[item.purpose].label(lang),
+                    justification=str(declared.get("justification", "")),
+                    optional=bool(declared.get("optional", False)) or entry.sensitive,
+                    sensitive=entry.sensitive,
+                )
+            )
+    return out
+
+
+def _holders(
+    session: Session, patient: Patient, request: AuthorizationRequest, categories: set[str]
+) -> list[Holder]:
+    wanted = {r.get("holder") for r in request.requested}
+    out = []
+    for _link, holder in active_links(session, patient.id):
+        if None not in wanted and holder.identifier not in wanted:
+            continue
+        if categories & set(holder.categories):
+            out.append(holder)
+    return out
+
+
+def _page_error(request: Request[Any, Any, Any], error: BrokerError) -> Response[Any]:
+    return render_page(
+        request,
+        "consent/error.html",
+        status_code=error.status,
+        message=error.detail,
+        app_status=error.extra.get("app_status"),
+    )
+
+
+@get("/authorize", include_in_schema=False)
+async def authorize(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    """RFC 6749 §4.1.1; with ``request_uri`` the parameters were pushed first (RFC 9126)."""
+    settings = state.settings
+    query = request.query_params
+    for key in query:
+        if len(query.getall(key)) > 1:
+            return _page_error(request, oauth.AuthorizationPageError(f"parameter {key!r} is repeated"))
+    params: dict[str, str] = {key: str(query.get(key)) for key in query}
+
+    def work(session: Session) -> tuple[str, Any]:
+        now = utcnow()
+        pushed: AuthorizationRequest | None = None
+        if "request_uri" in params:
+            request_uri = params["request_uri"] or ""
+            pushed = session.get(AuthorizationRequest, request_uri.removeprefix(oauth.PAR_PREFIX))
+            if (
+                pushed is None
+                or not request_uri.startswith(oauth.PAR_PREFIX)
+                or not pushed.pushed
+                or pushed.client_id != params.get("client_id")
+                or pushed.expires_at <= now
+                or pushed.used_at is not None
+            ):
+                raise oauth.AuthorizationPageError("this request_uri is unknown, used or expired")
+            params.setdefault("redirect_uri", pushed.redirect_uri)
+        app = oauth.check_client_and_redirect(session, params.get("client_id"), params.get("redirect_uri"))
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            # RFC 9700 §4.11.2: any error redirect happens only after the patient logged in.
+            return "login", None
+        if pushed is not None:
+            if pushed.patient_id not in (None, patient.id):
+                raise oauth.AuthorizationPageError("this request_uri belongs to another session")
+            pushed.patient_id = patient.id
+            pushed.expires_at = now + oauth.AUTHORIZATION_REQUEST_TTL
+            stored = pushed
+        else:
+            charter = state.charters.current(session)
+            checked = oauth.check_authorization_params(app, charter, params, settings.issuer)
+            stored = oauth.store_authorization_request(session, checked, pushed=False, now=now)
+            stored.patient_id = patient.id
+        return "consent", stored.id
+
+    try:
+        outcome, value = await in_transaction(state.session_factory, work)
+    except oauth.AuthorizationPageError as exc:
+        return _page_error(request, exc)
+    except oauth.RedirectError as exc:
+        return Redirect(exc.location(), status_code=303)
+    if outcome == "login":
+        return login_redirect(request)
+    return Redirect(f"/consent/{value}", status_code=303)
+
+
+@get("/consent/{request_id:str}", include_in_schema=False)
+async def consent_screen(
+    request: Request[Any, Any, Any], state: State, request_id: FromPath[str]
+) -> Response[Any]:
+    """What the app is, who runs it, how it is paid for, what it asks and why — before any
+    choice (DESIGN step 5, charter art. 06a and 06b)."""
+    settings = state.settings
+
+    def work(session: Session) -> dict[str, Any] | None:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        pending = oauth.pending_request(session, request_id, utcnow())
+        if pending.patient_id != patient.id:
+            raise oauth.AuthorizationPageError("this consent request belongs to another session")
+        app = session.get(App, pending.client_id)
+        assert app is not None
+        charter = state.charters.current(session)
+        lang = page_language(request)
+        choices = _choices(app, charter, pending, lang)
+        holders = _holders(session, patient, pending, {c.category for c in choices})
+        manifest = app.client_metadata["charter_manifest"]
+        model = manifest["business_model"]
+        return {
+            "app": app,
+            "manifest": manifest,
+            "request_id": pending.id,
+            "business_model_label": charter.business_models[model["model"]].label(lang),
+            "choices": choices,
+            "holders": holders,
+            "durations": DURATIONS,
+            "default_days": MAX_CONSENT_DAYS,
+            "patient": patient,
+        }
+
+    try:
+        context = await in_transaction(state.session_factory, work)
+    except oauth.AuthorizationPageError as exc:
+        return _page_error(request, exc)
+    if context is None:
+        return login_redirect(request)
+    return render_page(request, "consent/authorize.html", **context)
+
+
+@post("/consent/{request_id:str}", include_in_schema=False)
+async def consent_decision(
+    request: Request[Any, Any, Any], state: State, request_id: FromPath[str]
+) -> Response[Any]:
+    """The patient's answer. Both answers go back to the app with a 303 (RFC 9700 §4.12)."""
+    settings = state.settings
+    form = await request.form()
+    check_csrf(request, settings, form.get("csrf_token"))
+
+    def work(session: Session) -> str | None:
+        now = utcnow()
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        pending = oauth.pending_request(session, request_id, now)
+        if pending.patient_id != patient.id:
+            raise oauth.AuthorizationPageError("this consent request belongs to another session")
+        pending.used_at = now  # one answer per request
+        if form.get("decision") != "accept":
+            return oauth.authorization_response(
+                pending.redirect_uri,
+                settings.issuer,
+                state=pending.state,
+                error="access_denied",
+                error_description="the patient did not consent",
+            )
+        app = session.get(App, pending.client_id)
+        if app is None or app.status != "approved":
+            raise oauth.AuthorizationPageError("this app can no longer ask for your consent")
+        charter = state.charters.current(session)
+        choices = {c.value: c for c in _choices(app, charter, pending, "fr")}
+        picked = set(form.getall("item")) if hasattr(form, "getall") else set()
+        unknown = picked - set(choices)
+        if unknown:
+            raise InvalidRequest("the form names data that this request did not ask for")
+        # Required lines are part of the request itself; optional ones only when ticked.
+        selected = [c for c in choices.values() if not c.optional or c.value in picked]
+        holders = {
+            h.identifier: h for h in _holders(session, patient, pending, {c.category for c in selected})
+        }
+        picked_holders = set(form.getall("holder")) if hasattr(form, "getall") else set()
+        if not picked_holders or not picked_holders <= set(holders):
+            raise InvalidRequest("choose at least one of your data sources")
+        try:
+            days = int(form.get("days", ""))
+        except ValueError:
+            raise InvalidRequest("choose a duration") from None
+        grants = []
+        for holder_id in sorted(picked_holders):
+            served = set(holders[holder_id].categories)
+            by_purpose: dict[str, list[str]] = {}
+            for choice in selected:
+                if choice.category in served:
+                    by_purpose.setdefault(choice.purpose, []).append(choice.category)
+            grants += [Grant(holder_id, purpose, tuple(cats)) for purpose, cats in by_purpose.items()]
+        consent = grant_consent(
+            session,
+            patient_id=patient.id,
+            app=app,
+            grants=grants,
+            days=days,
+            charter_version=charter.version,
+            by=f"patient:{patient.id}",
+            now=now,
+        )
+        code = oauth.issue_code(
+            session, request=pending, consent=consent, secret_key=settings.secret_key, now=now
+        )
+        return oauth.authorization_response(
+            pending.redirect_uri, settings.issuer, code=code, state=pending.state
+        )
+
+    try:
+        location = await in_transaction(state.session_factory, work)
+    except (oauth.AuthorizationPageError, InvalidRequest) as exc:
+        return _page_error(request, exc)
+    if location is None:
+        return login_redirect(request)
+    return Redirect(location, status_code=303)
+
+
+@get("/my/consents", include_in_schema=False)
+async def my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings = state.settings
+
+    def work(session: Session) -> dict[str, Any] | None:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        now = utcnow()
+        rows = patient_consents(session, patient.id)
+        return {
+            "patient": patient,
+            "now": now,
+            "consents": [
+                {"consent": c, "app": a, "active": c.status == "active" and c.expires_at > now}
+                for c, a in rows
+            ],
+        }
+
+    context = await in_transaction(state.session_factory, work)
+    if context is None:
+        return login_redirect(request)
+    return render_page(request, "consent/my_consents.html", **context)
+
+
+@post("/my/consents/{consent_id:str}/revoke", include_in_schema=False)
+async def revoke_from_page(
+    request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
+) -> Response[Any]:
+    settings = state.settings
+    form = await request.form()
+    check_csrf(request, settings, form.get("csrf_token"))
+
+    def work(session: Session) -> bool:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return False
+        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
+        revoke_consent(
+            session,
+            consent=consent,
+            by=f"patient:{patient.id}",
+            reason="withdrawn by the patient",
+            now=utcnow(),
+        )
+        return True
+
+    try:
+        done = await in_transaction(state.session_factory, work)
+    except BrokerError as exc:
+        return _page_error(request, exc)
+    if not done:
+        return login_redirect(request)
+    return Redirect("/my/consents", status_code=303)
+
+
+def _consent_json(consent: Any, app: App, now: datetime) -> dict[str, Any]:
+    return {
+        "consent_id": consent.id,
+        "client_id": app.client_id,
+        "client_name": app.client_name,
+        "status": consent.status if consent.expires_at > now else "expired",
+        "grants": consent.grants,
+        "granted_at": consent.granted_at.isoformat(),
+        "expires_at": consent.expires_at.isoformat(),
+        "revoked_at": consent.revoked_at.isoformat() if consent.revoked_at else None,
+    }
+
+
+@get("/api/me/consents", tags=["patient"], summary="The logged-in patient's consents")
+async def api_my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    def work(session: Session) -> list[dict[str, Any]] | None:
+        patient = patient_from_request(session, request, state.settings)
+        if patient is None:
+            return None
+        now = utcnow()
+        return [_consent_json(c, a, now) for c, a in patient_consents(session, patient.id)]
+
+    body = await in_transaction(state.session_factory, work)
+    if body is None:
+        return Response(
+            {"type": "about:blank", "title": "Log in first", "status": 401},
+            status_code=401,
+            media_type="application/problem+json",
+        )
+    return Response(body, headers={"Cache-Control": "no-store"})
+
+
+@post(
+    "/api/me/consents/{consent_id:str}/revoke",
+    status_code=200,
+    tags=["patient"],
+    summary="Withdraw one of my consents (CSRF token in the X-CSRF-Token header)",
+)
+async def api_revoke(
+    request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
+) -> Response[Any]:
+    settings = state.settings
+    check_csrf(request, settings, request.headers.get("x-csrf-token"))
+
+    def work(session: Session) -> dict[str, Any] | None:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        now = utcnow()
+        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
+        revoke_consent(
+            session, consent=consent, by=f"patient:{patient.id}", reason="withdrawn by the patient", now=now
+        )
+        app = session.get(App, consent.client_id)
+        assert app is not None
+        return _consent_json(consent, app, now)
+
+    body = await in_transaction(state.session_factory, work)
+    if body is None:
+        return Response(
+            {"type": "about:blank", "title": "Log in first", "status": 401},
+            status_code=401,
+            media_type="application/problem+json",
+        )
+    return Response(body, headers={"Cache-Control": "no-store"})
+
+
+consent_pages = [
+    authorize,
+    consent_screen,
+    consent_decision,
+    my_consents,
+    revoke_from_page,
+    api_my_consents,
+    api_revoke,
+]

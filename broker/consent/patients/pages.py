@@ -1,0 +1,281 @@
+"""HTML pages of patient accounts: sign-up, log-in, log-out, the account page, language.
+
+Every page works without JavaScript; every form carries a CSRF token; every POST that
+succeeds answers 303 (SECURITY A1 §4.12).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Request, Response, Router, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.params import FromQuery
+from sqlalchemy.orm import Session
+
+from broker.consent.patients import cookies, oidc, service
+from broker.consent.patients.csrf import FIELD as CSRF_FIELD
+from broker.consent.patients.csrf import check_csrf
+from broker.consent.patients.errors import CsrfRejected, ExternalLoginFailed, TooManyAttempts
+from broker.consent.patients.models import Patient
+from broker.consent.patients.passwords import HashingBusy, PasswordHashing
+from broker.consent.patients.rendering import page_language, render_page, safe_next
+from broker.consent.patients.sessions import login_redirect, patient_from_request
+from broker.db import utcnow
+from broker.errors import BrokerError
+from broker.http import in_transaction
+from broker.settings import Settings
+from broker.web.i18n import LANGUAGE_COOKIE, LANGUAGES
+
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_FIELD = 4096  # no field of these forms is longer; bigger ones are cut before any work
+
+
+def patient_state(settings: Settings) -> dict[str, Any]:
+    """What the patient pages keep in the application state (added by ``create_app``)."""
+    from broker.web.i18n import PageTemplates
+
+    return {
+        "page_templates": PageTemplates(),
+        "password_hashing": PasswordHashing(
+            memory_kib=settings.argon2_memory_kib,
+            time_cost=settings.argon2_time_cost,
+            parallelism=settings.argon2_parallelism,
+            concurrency=settings.password_hash_concurrency,
+        ),
+        "oidc_provider": oidc.ProviderCache(settings) if settings.oidc_enabled else None,
+    }
+
+
+def client_address(request: Request[Any, Any, Any]) -> str:
+    # The peer address only: X-Forwarded-For is trusted from no one until a trusted proxy
+    # can be configured (SECURITY A1 §4.13).
+    return request.client.host if request.client else "unknown"
+
+
+async def form_fields(request: Request[Any, Any, Any], *names: str) -> dict[str, str]:
+    form = await request.form()
+    values: dict[str, str] = {}
+    for name in (CSRF_FIELD, "next", *names):
+        value = form.get(name)
+        values[name] = value[:MAX_FIELD] if isinstance(value, str) else ""
+    return values
+
+
+def see_other(location: str, *cookie_list: Any) -> Response[Any]:
+    return Response(
+        content=None,
+        status_code=303,
+        headers={"Location": location, **NO_STORE},
+        cookies=list(cookie_list),
+    )
+
+
+def minutes(seconds: int) -> int:
+    return max(1, math.ceil(seconds / 60))
+
+
+# -- sign-up ----------------------------------------------------------------------------------
+
+
+@get("/signup", include_in_schema=False)
+async def signup_page(request: Request[Any, Any, Any], next: FromQuery[str | None] = None) -> Response[str]:
+    return render_page(request, "patients/signup.html", next=safe_next(next), values={}, errors={})
+
+
+@post("/signup", include_in_schema=False)
+async def signup_submit(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+    fields = await form_fields(request, "email", "display_name", "password")
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    next_path = safe_next(fields["next"])
+    errors = service.sign_up_problems(fields["email"], fields["display_name"], fields["password"])
+    if errors:
+        values = {"email": fields["email"], "display_name": fields["display_name"]}
+        return render_page(
+            request, "patients/signup.html", status_code=400, next=next_path, values=values, errors=errors
+        )
+    # Hash first, whether or not the address has an account: both answers cost the same.
+    password_hash = await state.password_hashing.hash(fields["password"])
+    language = page_language(request)
+    now = utcnow()
+
+    def work(session: Session) -> None:
+        service.create_local_account(
+            session,
+            email=fields["email"],
+            display_name=fields["display_name"],
+            password_hash=password_hash,
+            language=language,
+            now=now,
+        )
+
+    await in_transaction(state.session_factory, work)
+    # The same answer for a new address and a known one (no account enumeration).
+    return see_other(f"/login?signed_up=1&next={quote(next_path, safe='')}")
+
+
+# -- log-in / log-out -------------------------------------------------------------------------
+
+
+@get("/login", include_in_schema=False)
+async def login_page(
+    request: Request[Any, Any, Any],
+    next: FromQuery[str | None] = None,
+    signed_up: FromQuery[bool] = False,
+    logged_out: FromQuery[bool] = False,
+) -> Response[str]:
+    notice = "signed_up" if signed_up else "logged_out" if logged_out else None
+    return render_page(request, "patients/login.html", next=safe_next(next), email="", notice=notice)
+
+
+@post("/login", include_in_schema=False)
+async def login_submit(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+    fields = await form_fields(request, "email", "password")
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    next_path = safe_next(fields["next"])
+    result = await service.log_in(
+        state.session_factory,
+        state.password_hashing,
+        settings,
+        email=fields["email"],
+        password=fields["password"],
+        address=client_address(request),
+        now=utcnow(),
+    )
+    if result.retry_after is not None:
+        return render_page(
+            request,
+            "patients/login.html",
+            status_code=429,
+            headers={"Retry-After": str(result.retry_after)},
+            next=next_path,
+            email=fields["email"],
+            error="throttled",
+            wait_minutes=minutes(result.retry_after),
+        )
+    if result.session_id is None:
+        return render_page(
+            request,
+            "patients/login.html",
+            status_code=400,
+            next=next_path,
+            email=fields["email"],
+            error="bad_credentials",
+        )
+    # A new session id at every log-in (fixation); the pre-session CSRF cookie is done with.
+    return see_other(
+        next_path,
+        cookies.make(settings, cookies.SESSION, result.session_id),
+        cookies.expired(settings, cookies.CSRF),
+    )
+
+
+@post("/logout", include_in_schema=False)
+async def logout(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+    fields = await form_fields(request)
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    session_id = cookies.read(request, settings, cookies.SESSION)
+    now = utcnow()
+    await in_transaction(state.session_factory, lambda s: service.log_out(s, session_id, settings, now))
+    return see_other("/login?logged_out=1", cookies.expired(settings, cookies.SESSION))
+
+
+# -- the account page ---------------------------------------------------------------------------
+
+
+@get("/account", include_in_schema=False)
+async def account_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+
+    def work(session: Session) -> Patient | None:
+        return patient_from_request(session, request, settings)
+
+    patient = await in_transaction(state.session_factory, work)
+    if patient is None:
+        return login_redirect(request)
+    return render_page(request, "patients/account.html", patient=patient)
+
+
+# -- language ---------------------------------------------------------------------------------
+
+
+@get("/language", include_in_schema=False)
+async def choose_language(
+    state: State,
+    to: FromQuery[str | None] = None,
+    next: FromQuery[str | None] = None,
+) -> Response[Any]:
+    """The language links: a preference, not a state change worth a form (no JavaScript)."""
+    settings: Settings = state.settings
+    response = see_other(safe_next(next, default="/login"))
+    if to in LANGUAGES:
+        response.set_cookie(
+            key=LANGUAGE_COOKIE,
+            value=str(to),
+            max_age=365 * 86400,
+            path="/",
+            secure=cookies.secure(settings),
+            httponly=True,
+            samesite="lax",
+        )
+    return response
+
+
+# -- errors as pages -------------------------------------------------------------------------
+
+
+def page_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Broker errors on a page, as a readable page in the visitor's language."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, HTTPException):
+        status, code = exc.status_code, "http"
+        if status >= 500:
+            return render_page(request, "patients/error.html", status_code=500, code="internal")
+    elif isinstance(exc, BrokerError):
+        status = exc.status
+        code = getattr(exc, "code", "generic")
+        if isinstance(exc, TooManyAttempts | HashingBusy):
+            headers["Retry-After"] = str(getattr(exc, "retry_after", 5))
+        if isinstance(exc, HashingBusy):
+            code = "busy"
+    else:
+        raise exc
+    return render_page(request, "patients/error.html", status_code=status, headers=headers, code=code)
+
+
+PAGE_EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    BrokerError: page_error_handler,
+    HTTPException: page_error_handler,
+}
+
+patient_pages = Router(
+    path="/",
+    route_handlers=[
+        signup_page,
+        signup_submit,
+        login_page,
+        login_submit,
+        logout,
+        account_page,
+        choose_language,
+        oidc.start_external_login,
+        oidc.external_login_callback,
+    ],
+    exception_handlers=PAGE_EXCEPTION_HANDLERS,
+    include_in_schema=False,
+)
+
+__all__ = [
+    "PAGE_EXCEPTION_HANDLERS",
+    "CsrfRejected",
+    "ExternalLoginFailed",
+    "page_error_handler",
+    "patient_pages",
+    "patient_state",
+]

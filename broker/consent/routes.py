@@ -1,0 +1,155 @@
+"""OAuth endpoints for apps and holders: PAR, token, revocation, status lists."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+from sqlalchemy.orm import Session
+
+from broker.catalog.models import App
+from broker.consent import oauth
+from broker.consent.proofs import JoseError, verify_client_assertion
+from broker.consent.replay_store import DatabaseReplayCache
+from broker.consent.service import LIST_SIZE, status_list_values
+from broker.consent.status_list import StatusList, status_list_token
+from broker.db import utcnow
+from broker.errors import InvalidClient, InvalidRequest
+from broker.http import in_transaction
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# How long a holder may cache a status list: the delay before a revocation reaches a holder
+# that does not use the push stream (DESIGN step 9).
+STATUS_TTL = timedelta(seconds=30)
+
+
+async def oauth_form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body; RFC 6749 §3.1: no repeated parameter."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    raw = (await request.body()).decode("utf-8", errors="strict")
+    pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        if key in form:
+            raise InvalidRequest(f"parameter {key!r} is repeated")
+        form[key] = value
+    return form
+
+
+def authenticate_client(session: Session, form: Mapping[str, str], state: State) -> App:
+    """RFC 7523 ``private_key_jwt`` for confidential apps; ``client_id`` alone for public ones."""
+    settings = state.settings
+    if "client_assertion" not in form and "client_assertion_type" not in form:
+        return oauth.check_client_id_only(session, form)
+    if form.get("client_assertion_type") != oauth.ASSERTION_TYPE:
+        raise InvalidClient("client_assertion_type must be " + oauth.ASSERTION_TYPE)
+    client_id = form.get("client_id") or ""
+    app = session.get(App, client_id) if client_id else None
+    method = app.token_endpoint_auth_method if app is not None else None
+    if app is None or app.status == "deleted" or method != "private_key_jwt":
+        raise InvalidClient("unknown client, or a client that does not use private_key_jwt")
+    jwks = app.client_metadata.get("jwks")
+    if not jwks:
+        # Fetching jwks_uri needs the guarded outbound client (SECURITY S1–S8), not built yet.
+        raise InvalidClient("this broker verifies client assertions against a registered jwks only")
+    now = utcnow()
+    try:
+        verify_client_assertion(
+            form.get("client_assertion", ""),
+            client_id=app.client_id,
+            client_jwks=jwks,
+            # RFC 7523 §3 (3): the token endpoint or the issuer, compared exactly.
+            audiences=(f"{settings.issuer}/token", settings.issuer, f"{settings.issuer}/par"),
+            now=now,
+            replay=DatabaseReplayCache(session, now),
+        )
+    except JoseError as exc:
+        raise InvalidClient(f"client assertion refused: {exc}") from None
+    return app
+
+
+@post("/token", status_code=200, tags=["oauth"], summary="Token endpoint (RFC 6749, 7636, 8707)")
+async def token(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    form = await oauth_form(request)
+    ctx = oauth.TokenContext(
+        settings=state.settings,
+        keystore=state.keystore,
+        now=utcnow(),
+        authenticate=lambda session, f: authenticate_client(session, f, state),
+    )
+    body = await in_transaction(state.session_factory, lambda s: oauth.token_request(s, form, ctx))
+    return Response(body, headers=NO_STORE)
+
+
+@post("/par", status_code=201, tags=["oauth"], summary="Pushed authorization request (RFC 9126)")
+async def pushed_authorization_request(
+    request: Request[Any, Any, Any], state: State
+) -> Response[dict[str, Any]]:
+    form = await oauth_form(request)
+    settings = state.settings
+
+    def work(session: Session) -> dict[str, Any]:
+        app = authenticate_client(session, form, state)
+        if "request_uri" in form:
+            raise InvalidRequest("request_uri cannot be pushed (RFC 9126 §2.1)")
+        if form.get("redirect_uri") not in app.client_metadata["redirect_uris"]:
+            raise InvalidRequest("redirect_uri is not registered for this client")
+        if app.status != "approved":
+            raise InvalidClient(f"this app is {app.status} under the charter")
+        charter = state.charters.current(session)
+        try:
+            checked = oauth.check_authorization_params(app, charter, form, settings.issuer)
+        except oauth.RedirectError as exc:
+            raise InvalidRequest(exc.description) from None
+        stored = oauth.store_authorization_request(session, checked, pushed=True, now=utcnow())
+        return {"request_uri": oauth.PAR_PREFIX + stored.id, "expires_in": int(oauth.PAR_TTL.total_seconds())}
+
+    body = await in_transaction(state.session_factory, work)
+    return Response(body, status_code=201, headers=NO_STORE)
+
+
+@post("/revoke", status_code=200, tags=["oauth"], summary="Token revocation (RFC 7009)")
+async def revoke(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    form = await oauth_form(request)
+
+    def work(session: Session) -> None:
+        app = authenticate_client(session, form, state)
+        oauth.revoke_token(session, form, app, state.settings.secret_key, utcnow())
+
+    await in_transaction(state.session_factory, work)
+    return Response({}, headers=NO_STORE)
+
+
+@get("/status/{list_id:int}", tags=["oauth"], summary="Token Status List (IETF OAuth draft)")
+async def status_list(state: State, list_id: FromPath[int]) -> Response[str]:
+    settings = state.settings
+    if list_id < 0:
+        raise InvalidRequest("no such status list")
+    now = utcnow()
+    values = await in_transaction(state.session_factory, lambda s: status_list_values(s, list_id, now))
+    entries = StatusList(LIST_SIZE, bits=2)
+    for idx, value in values.items():
+        entries.set(idx, value)
+    token_text = status_list_token(
+        state.keystore,
+        uri=f"{settings.issuer}/status/{list_id}",
+        status_list=entries,
+        issuer=settings.issuer,
+        now=now,
+        ttl=STATUS_TTL,
+    )
+    return Response(
+        token_text,
+        media_type="application/statuslist+jwt",
+        headers={"Cache-Control": f"public, max-age={int(STATUS_TTL.total_seconds())}"},
+    )
+
+
+oauth_routes = [token, pushed_authorization_request, revoke, status_list]

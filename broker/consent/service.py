@@ -1,0 +1,247 @@
+"""Links and consent records: grant, update, revoke, and the status their tokens carry."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from broker.catalog.models import App, Holder
+from broker.consent.models import ConsentEvent, ConsentRecord, HolderLink, RefreshToken, StatusEntry
+from broker.errors import InvalidRequest, NotFound
+
+# Token Status List values (IETF OAuth Token Status List, §7.1).
+VALID, INVALID, SUSPENDED = 0, 1, 2
+# Entries per status list: 2 bits each, so 32 KiB before compression.
+LIST_SIZE = 1 << 17
+MAX_CONSENT_DAYS = 365
+
+
+# -- links ----------------------------------------------------------------------------------
+
+
+def link_patient(
+    session: Session, *, patient_id: str, holder_id: str, handle: str | None = None, now: datetime
+) -> HolderLink:
+    """Create (or return) the patient's link to a holder, with an opaque random handle."""
+    holder = session.get(Holder, holder_id)
+    if holder is None or holder.status != "approved":
+        raise NotFound(f"no approved holder {holder_id!r}")
+    link = session.scalars(
+        select(HolderLink).where(HolderLink.patient_id == patient_id, HolderLink.holder_id == holder_id)
+    ).first()
+    if link is None:
+        link = HolderLink(
+            patient_id=patient_id,
+            holder_id=holder_id,
+            handle=handle or "lnk_" + secrets.token_urlsafe(24),
+            created_at=now,
+        )
+        session.add(link)
+    link.status = "active"
+    return link
+
+
+def active_links(session: Session, patient_id: str) -> list[tuple[HolderLink, Holder]]:
+    rows = session.execute(
+        select(HolderLink, Holder)
+        .join(Holder, Holder.identifier == HolderLink.holder_id)
+        .where(
+            HolderLink.patient_id == patient_id, HolderLink.status == "active", Holder.status == "approved"
+        )
+        .order_by(Holder.legal_name)
+    ).all()
+    return [(link, holder) for link, holder in rows]
+
+
+# -- consents ------------------------------------------------------------------------------
+
+
+def status_reference(entry_id: int, issuer: str) -> tuple[str, int]:
+    """The status list URI and index of a status entry."""
+    return f"{issuer}/status/{entry_id // LIST_SIZE}", entry_id % LIST_SIZE
+
+
+def _new_status_entry(session: Session, now: datetime) -> StatusEntry:
+    entry = StatusEntry(status=VALID, updated_at=now)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def _event(
+    session: Session, consent: ConsentRecord, action: str, by: str, now: datetime, reason: str | None = None
+) -> None:
+    session.add(
+        ConsentEvent(
+            consent_id=consent.id,
+            action=action,
+            status=consent.status,
+            at=now,
+            by=by,
+            reason=reason,
+            grants=consent.grants,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Grant:
+    holder: str
+    purpose: str
+    categories: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "health_data",
+            "holder": self.holder,
+            "purpose": self.purpose,
+            "categories": list(self.categories),
+        }
+
+
+def grant_consent(
+    session: Session,
+    *,
+    patient_id: str,
+    app: App,
+    grants: Iterable[Grant],
+    days: int,
+    charter_version: str,
+    by: str,
+    now: datetime,
+) -> ConsentRecord:
+    """Record the patient's consent; granting the same app again updates the one record.
+
+    Every (re)grant takes a fresh status entry: tokens issued under an earlier, revoked grant
+    keep pointing at an INVALID entry and never come back to life.
+    """
+    grant_list = [g.to_json() for g in grants if g.categories]
+    if not grant_list:
+        raise InvalidRequest("nothing to consent to: no category at any holder")
+    if not 1 <= days <= MAX_CONSENT_DAYS:
+        raise InvalidRequest(f"duration: from 1 to {MAX_CONSENT_DAYS} days")
+    consent = session.scalars(
+        select(ConsentRecord)
+        .where(ConsentRecord.patient_id == patient_id, ConsentRecord.client_id == app.client_id)
+        .with_for_update()
+    ).first()
+    purposes = sorted({g["purpose"] for g in grant_list})
+    if consent is None:
+        entry = _new_status_entry(session, now)
+        consent = ConsentRecord(
+            id="cns_" + secrets.token_urlsafe(16),
+            patient_id=patient_id,
+            client_id=app.client_id,
+            purposes=purposes,
+            grants=grant_list,
+            status="active",
+            granted_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(days=days),
+            charter_version=charter_version,
+            manifest_sha256=app.manifest_sha256,
+            status_entry_id=entry.id,
+        )
+        session.add(consent)
+        session.flush()
+        _event(session, consent, "granted", by, now)
+        return consent
+    was_active = consent.status == "active" and consent.expires_at > now
+    if not was_active:
+        _retire_status_entry(session, consent, now)
+        consent.status_entry_id = _new_status_entry(session, now).id
+        consent.granted_at = now
+    consent.purposes = purposes
+    consent.grants = grant_list
+    consent.status = "active"
+    consent.revoked_at = consent.revoked_by = consent.revoke_reason = None
+    consent.updated_at = now
+    consent.expires_at = now + timedelta(days=days)
+    consent.charter_version = charter_version
+    consent.manifest_sha256 = app.manifest_sha256
+    _event(session, consent, "changed" if was_active else "granted", by, now)
+    return consent
+
+
+def _retire_status_entry(session: Session, consent: ConsentRecord, now: datetime) -> None:
+    session.execute(
+        update(StatusEntry)
+        .where(StatusEntry.id == consent.status_entry_id)
+        .values(status=INVALID, updated_at=now)
+    )
+
+
+def revoke_consent(
+    session: Session, *, consent: ConsentRecord, by: str, reason: str | None, now: datetime
+) -> ConsentRecord:
+    """Withdraw a consent: its status entry turns INVALID and every refresh token dies now."""
+    if consent.status == "revoked":
+        return consent
+    consent.status = "revoked"
+    consent.revoked_at = now
+    consent.revoked_by = by
+    consent.revoke_reason = reason
+    consent.updated_at = now
+    _retire_status_entry(session, consent, now)
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.consent_id == consent.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    _event(session, consent, "revoked", by, now, reason)
+    return consent
+
+
+def patient_consent(session: Session, *, patient_id: str, consent_id: str) -> ConsentRecord:
+    """A consent of this patient; another patient's id is simply not found (W10)."""
+    consent = session.get(ConsentRecord, consent_id)
+    if consent is None or consent.patient_id != patient_id:
+        raise NotFound("no such consent")
+    return consent
+
+
+def patient_consents(session: Session, patient_id: str) -> list[tuple[ConsentRecord, App]]:
+    rows = session.execute(
+        select(ConsentRecord, App)
+        .join(App, App.client_id == ConsentRecord.client_id)
+        .where(ConsentRecord.patient_id == patient_id)
+        .order_by(ConsentRecord.status, App.client_name)
+    ).all()
+    return [(consent, app) for consent, app in rows]
+
+
+def effective_status(consent: ConsentRecord, app: App, now: datetime) -> int:
+    """The Token Status List value of a consent's current entry."""
+    if consent.status != "active" or consent.expires_at <= now:
+        return INVALID
+    if app.status != "approved":
+        return SUSPENDED  # the app was suspended by a charter re-check (issue 3)
+    return VALID
+
+
+def status_list_values(session: Session, list_id: int, now: datetime) -> dict[int, int]:
+    """Every non-VALID entry of one status list, by index (the rest is VALID)."""
+    low, high = list_id * LIST_SIZE, (list_id + 1) * LIST_SIZE
+    values: dict[int, int] = {}
+    for entry_id, stored in session.execute(
+        select(StatusEntry.id, StatusEntry.status).where(
+            StatusEntry.id >= low, StatusEntry.id < high, StatusEntry.status != VALID
+        )
+    ):
+        values[entry_id - low] = stored
+    rows = session.execute(
+        select(ConsentRecord, App)
+        .join(App, App.client_id == ConsentRecord.client_id)
+        .where(ConsentRecord.status_entry_id >= low, ConsentRecord.status_entry_id < high)
+    ).all()
+    for consent, app in rows:
+        value = effective_status(consent, app, now)
+        if value != VALID:
+            values[consent.status_entry_id - low] = value
+    return values
