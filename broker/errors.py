@@ -136,3 +136,9 @@ class UnsupportedTokenType(OAuthError):
     """RFC 7009 §2.2.1."""
 
     error = "unsupported_token_type"
+
+
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5.1."""
+
+    error = "invalid_dpop_proof"

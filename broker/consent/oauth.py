@@ -312,6 +312,8 @@ class TokenContext:
     keystore: KeyStore
     now: datetime
     authenticate: Any  # Callable[[Session, Mapping[str, str]], App]: client authentication
+    # Thumbprint of the DPoP key proven with this request (RFC 9449 §5), already verified.
+    dpop_jkt: str | None = None
 
 
 def _granted_holders(consent: ConsentRecord) -> dict[str, list[dict[str, Any]]]:
@@ -378,6 +380,8 @@ def _access_token(
         "link_handle": link.handle,
         "status": {"status_list": {"idx": idx, "uri": uri}},
     }
+    if ctx.dpop_jkt:
+        claims["cnf"] = {"jkt": ctx.dpop_jkt}  # RFC 9449 §6.1: sender-constrained
     # RFC 9068 §2.1: typ "at+jwt", so an access token cannot pass for any other JWT.
     return ctx.keystore.sign(claims, typ="at+jwt"), grants
 
@@ -392,6 +396,7 @@ def _refresh_token(session: Session, ctx: TokenContext, consent: ConsentRecord, 
             client_id=consent.client_id,
             created_at=ctx.now,
             expires_at=min(consent.expires_at, ctx.now + REFRESH_IDLE),
+            dpop_jkt=ctx.dpop_jkt,
         )
     )
     return token
@@ -409,7 +414,7 @@ def _token_response(
             details.append({**grant, "locations": [target.base_url] if target else []})
     return {
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": "DPoP" if ctx.dpop_jkt else "Bearer",
         "expires_in": ctx.settings.token_lifetime,
         "refresh_token": refresh,
         "scope": " ".join(sorted({c for g in consent.grants for c in g["categories"]})),
@@ -485,6 +490,9 @@ def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext,
         raise ReplayRefused("the refresh token was already used; its family is revoked")
     if row.revoked_at is not None or row.expires_at <= ctx.now:
         raise InvalidGrant("the refresh token is revoked or expired")
+    # RFC 9449 §5: a refresh token bound to a DPoP key is used with a proof of that key.
+    if row.dpop_jkt is not None and row.dpop_jkt != ctx.dpop_jkt:
+        raise InvalidGrant("this refresh token is bound to a DPoP key: send a proof of it")
     consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
     if consent is None:
         raise InvalidGrant("the consent no longer exists")
@@ -494,6 +502,62 @@ def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext,
     return _token_response(
         session, ctx, consent, app, holder, _refresh_token(session, ctx, consent, row.family_id)
     )
+
+
+def introspect_token(
+    session: Session, token: str, *, holder: Holder, keystore: KeyStore, issuer: str, now: datetime
+) -> dict[str, Any]:
+    """RFC 7662 §2.2 for a holder: ``active`` only for a well-signed, unexpired token meant
+    for this holder whose consent is in force and whose app is approved — not merely for a
+    good signature, as authlib's JWT introspection would answer."""
+    from broker.consent.proofs import JoseError, verify_jwt
+
+    inactive = {"active": False}
+    keystore.refresh()
+    try:
+        verified = verify_jwt(
+            token,
+            keys=keystore.public_jwks(now),
+            algorithms=("ES256",),
+            types=("at+jwt",),
+            typ_required=True,
+            issuer=issuer,
+            audiences=(holder.base_url,),
+            required_claims=("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "consent_id"),
+            now=now,
+            leeway=timedelta(seconds=30),
+        )
+    except JoseError:
+        return inactive
+    claims = verified.claims
+    consent = session.get(ConsentRecord, claims["consent_id"])
+    app = session.get(App, claims["client_id"])
+    if consent is None or app is None or consent.client_id != app.client_id:
+        return inactive
+    reference = claims.get("status", {}).get("status_list", {})
+    if reference.get("idx") != status_reference(consent.status_entry_id, issuer)[1]:
+        return inactive  # a token from an earlier grant of a consent granted again
+    if effective_status(consent, app, now) != VALID:
+        return inactive
+    answer: dict[str, Any] = {
+        key: claims[key]
+        for key in (
+            "scope",
+            "client_id",
+            "sub",
+            "aud",
+            "iss",
+            "exp",
+            "iat",
+            "jti",
+            "authorization_details",
+            "consent_id",
+            "link_handle",
+            "cnf",
+        )
+        if key in claims
+    }
+    return {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer", **answer}
 
 
 def revoke_token(

@@ -6,23 +6,30 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.consent.models import UsedJti
+from broker.db import transaction
 
 
 class DatabaseReplayCache:
-    """``ReplayCache`` on the ``used_jtis`` table; the primary key decides races."""
+    """``ReplayCache`` on the ``used_jtis`` table; the primary key decides races.
 
-    def __init__(self, session: Session, now: datetime) -> None:
-        self.session = session
+    Each use is recorded in a transaction of its own, committed at once: a request that
+    fails later (a wrong code, an expired grant) must not roll back the fact that its
+    assertion or proof was spent, or the same one could be replayed.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], now: datetime) -> None:
+        self.factory = factory
         self.now = now
 
     def first_use(self, key: str, expires_at: datetime) -> bool:
-        self.session.execute(delete(UsedJti).where(UsedJti.key == key, UsedJti.expires_at <= self.now))
+        key = key[:300]
         try:
-            with self.session.begin_nested():
-                self.session.add(UsedJti(key=key[:300], expires_at=expires_at))
+            with transaction(self.factory) as session:
+                session.execute(delete(UsedJti).where(UsedJti.key == key, UsedJti.expires_at <= self.now))
+                session.add(UsedJti(key=key, expires_at=expires_at))
         except IntegrityError:
             return False
         return True

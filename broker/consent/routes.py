@@ -12,14 +12,15 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 from sqlalchemy.orm import Session
 
-from broker.catalog.models import App
+from broker.catalog.models import App, Holder
 from broker.consent import oauth
-from broker.consent.proofs import JoseError, verify_client_assertion
+from broker.consent.events import revocation_stream
+from broker.consent.proofs import JoseError, verify_client_assertion, verify_dpop_proof
 from broker.consent.replay_store import DatabaseReplayCache
 from broker.consent.service import LIST_SIZE, status_list_values
 from broker.consent.status_list import StatusList, status_list_token
 from broker.db import utcnow
-from broker.errors import InvalidClient, InvalidRequest
+from broker.errors import InvalidClient, InvalidDPoPProof, InvalidRequest
 from broker.http import in_transaction
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -68,24 +69,91 @@ def authenticate_client(session: Session, form: Mapping[str, str], state: State)
             # RFC 7523 §3 (3): the token endpoint or the issuer, compared exactly.
             audiences=(f"{settings.issuer}/token", settings.issuer, f"{settings.issuer}/par"),
             now=now,
-            replay=DatabaseReplayCache(session, now),
+            replay=DatabaseReplayCache(state.session_factory, now),
         )
     except JoseError as exc:
         raise InvalidClient(f"client assertion refused: {exc}") from None
     return app
 
 
-@post("/token", status_code=200, tags=["oauth"], summary="Token endpoint (RFC 6749, 7636, 8707)")
+def dpop_thumbprint(session: Session, request: Request[Any, Any, Any], state: State) -> str | None:
+    """RFC 9449 §4.3: verify the request's DPoP proof, if any; the key's thumbprint."""
+    proofs = request.headers.getall("dpop", [])
+    if not proofs:
+        return None
+    if len(proofs) > 1:
+        raise InvalidDPoPProof("exactly one DPoP header is allowed")
+    now = utcnow()
+    try:
+        proof = verify_dpop_proof(
+            proofs[0],
+            method=request.method,
+            url=f"{state.settings.issuer}{request.url.path}",
+            now=now,
+            replay=DatabaseReplayCache(state.session_factory, now),
+        )
+    except JoseError as exc:
+        raise InvalidDPoPProof(f"DPoP proof refused: {exc}") from None
+    return proof.jkt
+
+
+@post("/token", status_code=200, tags=["oauth"], summary="Token endpoint (RFC 6749, 7636, 8707, 9449)")
 async def token(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
     form = await oauth_form(request)
-    ctx = oauth.TokenContext(
-        settings=state.settings,
-        keystore=state.keystore,
-        now=utcnow(),
-        authenticate=lambda session, f: authenticate_client(session, f, state),
-    )
-    body = await in_transaction(state.session_factory, lambda s: oauth.token_request(s, form, ctx))
+
+    def work(session: Session) -> dict[str, Any]:
+        ctx = oauth.TokenContext(
+            settings=state.settings,
+            keystore=state.keystore,
+            now=utcnow(),
+            authenticate=lambda s, f: authenticate_client(s, f, state),
+            dpop_jkt=dpop_thumbprint(session, request, state),
+        )
+        return oauth.token_request(session, form, ctx)
+
+    body = await in_transaction(state.session_factory, work)
     return Response(body, headers=NO_STORE)
+
+
+def authenticate_holder(session: Session, form: Mapping[str, str], state: State) -> Holder:
+    """A holder proves itself with a client assertion signed by its registered key (RFC 7523)."""
+    holder = session.get(Holder, form.get("client_id") or "")
+    if holder is None or holder.status != "approved" or not holder.jwks:
+        raise InvalidClient("unknown holder, or a holder without registered keys")
+    if form.get("client_assertion_type") != oauth.ASSERTION_TYPE:
+        raise InvalidClient("client_assertion_type must be " + oauth.ASSERTION_TYPE)
+    now = utcnow()
+    issuer = state.settings.issuer
+    try:
+        verify_client_assertion(
+            form.get("client_assertion", ""),
+            client_id=holder.identifier,
+            client_jwks=holder.jwks,
+            audiences=(issuer, f"{issuer}/introspect"),
+            now=now,
+            replay=DatabaseReplayCache(state.session_factory, now),
+        )
+    except JoseError as exc:
+        raise InvalidClient(f"client assertion refused: {exc}") from None
+    return holder
+
+
+@post("/introspect", status_code=200, tags=["oauth"], summary="Token introspection for holders (RFC 7662)")
+async def introspect(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    form = await oauth_form(request)
+
+    def work(session: Session) -> dict[str, Any]:
+        holder = authenticate_holder(session, form, state)
+        return oauth.introspect_token(
+            session,
+            form.get("token") or "",
+            holder=holder,
+            keystore=state.keystore,
+            issuer=state.settings.issuer,
+            now=utcnow(),
+        )
+
+    return Response(await in_transaction(state.session_factory, work), headers=NO_STORE)
 
 
 @post("/par", status_code=201, tags=["oauth"], summary="Pushed authorization request (RFC 9126)")
@@ -152,4 +220,4 @@ async def status_list(state: State, list_id: FromPath[int]) -> Response[str]:
     )
 
 
-oauth_routes = [token, pushed_authorization_request, revoke, status_list]
+oauth_routes = [token, pushed_authorization_request, revoke, status_list, introspect, revocation_stream]

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-28 18:37:43.227199
+Create Date: 2026-11-28 18:44:51.829749
 """
 
 from collections.abc import Sequence
@@ -176,6 +176,7 @@ def upgrade() -> None:
         sa.Column("expires_at", broker.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("used_at", broker.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", broker.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("dpop_jkt", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["client_id"], ["apps.client_id"], name=op.f("fk_refresh_tokens_client_id_apps")
         ),

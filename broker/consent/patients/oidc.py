@@ -129,7 +129,9 @@ class ProviderCache:
 
     async def _get_json(self, url: str) -> Any:
         async with self.client() as client:
-            response = await client.get(url, withhold_token=True, headers={"Accept": "application/json"})
+            response = await client.request(
+                "GET", url, withhold_token=True, headers={"Accept": "application/json"}
+            )
         if response.status_code != 200 or len(response.content) > MAX_DOCUMENT:
             raise ExternalLoginFailed(f"the provider answered {response.status_code} for {url}")
         try:
@@ -173,7 +175,7 @@ class ProviderCache:
                 key = jwk.JWK(**entry)
             except (JWException, ValueError, TypeError):
                 continue
-            if key.has_private or (key.key_type == "RSA" and key.get_op_key("verify").key_size < 2048):
+            if key.has_private or (key.get("kty") == "RSA" and key.get_op_key("verify").key_size < 2048):
                 continue  # SECURITY J16: weak RSA keys are not trusted
             keys.add(key)
         self._jwks = (now, keys)

@@ -1,0 +1,519 @@
+"""Token endpoint: the refresh_token grant under load, the broker against a reference server.
+
+Runs ``broker serve --workers 2`` as its own process on SQLite (a temporary file) and on
+PostgreSQL (a schema of its own, created and dropped here), and node ``oidc-provider`` from the
+npm registry (installed into a temporary directory at each run; 2 cluster workers, in-memory
+adapter, refresh tokens rotated on every use, ES256 JWT access tokens), all on this machine in
+this run. Each server gets the same load: ``--concurrency`` chains, each one keep-alive HTTP/1.1
+connection to 127.0.0.1 that posts a refresh grant, takes the new refresh token from the answer
+and posts the next one (refresh tokens rotate: a spent one is refused and revokes its family).
+After ``--warmup`` seconds, answers are counted for ``--duration`` seconds.
+
+Prints one table: throughput, p50/p99 latency, errors, and each broker row's throughput as a
+ratio of the reference's. No assertion about time. Target (issue 4): at least the reference's
+throughput.
+
+    .venv/bin/python bench/tokens.py [--concurrency 16] [--duration 10] [--warmup 2]
+
+The load generator is a small asyncio HTTP/1.1 client written here (not httpx), so that its
+own cost stays low: it shares the 2 cores with the server it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx
+from argon2 import PasswordHasher
+from authlib.integrations.httpx_client import OAuth2Client
+from sqlalchemy import text
+
+from broker.catalog import service as catalog
+from broker.charter import load_charter
+from broker.consent.patients.service import create_local_account
+from broker.consent.service import link_patient
+from broker.db import make_engine, make_session_factory, transaction, utcnow
+from broker.migrate import upgrade
+from tests.factories import app_registration, holder_declaration
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "oidc-provider"
+SECRET_KEY = "bench-secret-key-of-at-least-32-bytes"
+PASSWORD = "une phrase de passe assez longue pour le banc"
+REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the 303 is read
+START_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def stop(process: subprocess.Popen[Any], sig: int = signal.SIGINT) -> None:
+    """Stop a server and everything it forked (it leads its own process group)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def running(
+    argv: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[Any]]:
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        stop(process)
+
+
+# -- the load generator ----------------------------------------------------------------------
+
+
+class HttpError(Exception):
+    pass
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: request, then read the whole answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        if method == "POST":
+            head += f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            payload = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                parts.append(await self.reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            payload = b"".join(p[:-2] for p in parts)
+        else:
+            raise HttpError("answer without a length")
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, payload
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    first_error: str = ""
+    broken_chains: int = 0
+
+
+async def drive(
+    port: int,
+    chains: int,
+    client_id: str,
+    seed: Callable[[Connection, int], Awaitable[str]],
+    warmup: float,
+    duration: float,
+) -> LoadResult:
+    result = LoadResult()
+    # Every chain gets its refresh token (and, for the reference, its pinned connection) first.
+    connections = [Connection(port) for _ in range(chains)]
+    tokens = [await seed(connections[i], i) for i in range(chains)]
+    start = time.perf_counter() + 0.05
+    window = (start + warmup, start + warmup + duration)
+
+    async def chain(index: int) -> None:
+        conn, token = connections[index], tokens[index]
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        while True:
+            sent = time.perf_counter()
+            if sent >= window[1]:
+                return
+            body = urlencode(
+                {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
+            ).encode()
+            try:
+                status, payload = await asyncio.wait_for(
+                    conn.request("POST", "/token", body), REQUEST_TIMEOUT
+                )
+                answer = json.loads(payload) if status == 200 else None
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
+                status, payload, answer = 0, repr(exc).encode(), None
+            done = time.perf_counter()
+            counted = window[0] <= sent and done <= window[1]
+            if answer is not None and "refresh_token" in answer:
+                token = answer["refresh_token"]
+                if counted:
+                    result.requests += 1
+                    result.latencies_ms.append((done - sent) * 1000)
+                continue
+            # The chain is broken: its token is spent or its family revoked. Count it and stop.
+            if counted or sent >= window[0]:
+                result.requests += 1
+                result.errors += 1
+            result.broken_chains += 1
+            if not result.first_error:
+                result.first_error = f"{status} {payload[:300]!r}"
+            conn.close()
+            return
+
+    try:
+        await asyncio.gather(*(chain(i) for i in range(chains)))
+    finally:
+        for conn in connections:
+            conn.close()
+    return result
+
+
+@dataclass
+class Row:
+    server: str
+    backend: str
+    workers: int
+    concurrency: int
+    duration: float
+    result: LoadResult
+
+    @property
+    def rate(self) -> float:
+        return (self.result.requests - self.result.errors) / self.duration
+
+    def cells(self, reference: float | None) -> tuple[str, ...]:
+        lat = self.result.latencies_ms
+        p50 = statistics.median(lat) if lat else float("nan")
+        p99 = statistics.quantiles(lat, n=100)[98] if len(lat) >= 2 else float("nan")
+        ratio = f"{self.rate / reference:.2f}" if reference else "-"
+        return (
+            self.server,
+            self.backend,
+            str(self.workers),
+            str(self.concurrency),
+            str(self.result.requests),
+            str(self.result.errors),
+            f"{self.rate:.0f}",
+            f"{p50:.1f}",
+            f"{p99:.1f}",
+            ratio,
+        )
+
+
+# -- the broker ------------------------------------------------------------------------------
+
+
+def prepare_broker(url: str, patients: int) -> str:
+    """One holder, one approved public app, ``patients`` patients each linked to the holder."""
+    upgrade(url)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    charter = load_charter()
+    password_hash = PasswordHasher().hash(PASSWORD)  # the same for all: one hash, not N
+    with transaction(factory) as session:
+        now = utcnow()
+        catalog.add_holder(
+            session,
+            body=holder_declaration("labo-bench", base_url="https://labo-bench.example/fhir"),
+            charter=charter,
+            dev_mode=True,
+            now=now,
+        )
+        catalog.approve_holder(session, identifier="labo-bench", operator="bench", now=now)
+        registered = catalog.register_app(
+            session,
+            body=app_registration(redirect_uris=[REDIRECT_URI]),
+            charter=charter,
+            secret_key=SECRET_KEY.encode(),
+            dev_mode=True,
+            now=now,
+        )
+        client_id = registered.app.client_id
+        for index in range(patients):
+            patient = create_local_account(
+                session,
+                email=f"patient{index}@bench.example",
+                display_name=f"Patient {index}",
+                password_hash=password_hash,
+                language="fr",
+                now=now,
+            )
+            assert patient is not None
+            link_patient(session, patient_id=patient.id, holder_id="labo-bench", now=now)
+    engine.dispose()
+    return client_id
+
+
+def _hidden(html: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', html)
+    if not match:
+        raise RuntimeError(f"no hidden input {name}")
+    return match.group(1)
+
+
+def refresh_token_through_consent(issuer: str, client_id: str, index: int) -> str:
+    """What a patient and an app do: log in, consent, exchange the code (PKCE, public client)."""
+    with httpx.Client(base_url=issuer, timeout=30) as browser:
+        page = browser.get("/login")
+        logged = browser.post(
+            "/login",
+            data={
+                "csrf_token": _hidden(page.text, "csrf_token"),
+                "email": f"patient{index}@bench.example",
+                "password": PASSWORD,
+                "next": "/",
+            },
+        )
+        if logged.status_code != 303:
+            raise RuntimeError(f"log-in refused: {logged.status_code} {logged.text[:300]}")
+        app = OAuth2Client(
+            client_id=client_id,
+            redirect_uri=REDIRECT_URI,
+            token_endpoint_auth_method="none",
+            code_challenge_method="S256",
+            scope="lab_results",
+        )
+        verifier = secrets.token_urlsafe(48)
+        url, _ = app.create_authorization_url(f"{issuer}/authorize", code_verifier=verifier)
+        screen = browser.get(url, follow_redirects=True)
+        if screen.status_code != 200:
+            raise RuntimeError(f"no consent screen: {screen.status_code} {screen.text[:300]}")
+        answer = browser.post(
+            urlsplit(str(screen.url)).path,
+            data={
+                "csrf_token": _hidden(screen.text, "csrf_token"),
+                "decision": "accept",
+                "days": "90",
+                "holder": re.findall(r'name="holder" value="([^"]+)"', screen.text),
+                "item": re.findall(r'name="item" value="([^"]+)"[^>]*checked', screen.text),
+            },
+        )
+        location = answer.headers.get("location", "")
+        if answer.status_code != 303 or "code" not in parse_qs(urlsplit(location).query):
+            raise RuntimeError(f"consent did not give a code: {answer.status_code} {location}")
+        token = app.fetch_token(f"{issuer}/token", authorization_response=location, code_verifier=verifier)
+        app.close()
+        return str(token["refresh_token"])
+
+
+def bench_broker(backend: str, url: str, args: argparse.Namespace, tmp: Path) -> Row:
+    client_id = prepare_broker(url, args.concurrency)
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": url,
+        "BROKER_KEY_DIR": str(tmp / f"keys-{backend}"),
+        "BROKER_DEV_MODE": "true",
+        "BROKER_SECRET_KEY": SECRET_KEY,
+        "BROKER_PORT": str(port),
+        "BROKER_ISSUER": issuer,
+    }
+    argv = [sys.executable, "-m", "broker.cli", "serve", "--workers", str(args.workers)]
+    log = tmp / f"broker-{backend}.log"
+    with running(argv, env, f"{issuer}/jwks.json", log, cwd=ROOT) as server:
+        tokens = [refresh_token_through_consent(issuer, client_id, i) for i in range(args.concurrency)]
+
+        async def seed(_conn: Connection, index: int) -> str:
+            return tokens[index]
+
+        if args.profile:
+            profile(server, args, tmp, backend)
+        result = asyncio.run(drive(port, args.concurrency, client_id, seed, args.warmup, args.duration))
+    if result.errors:
+        print(f"# broker {backend}: first error: {result.first_error}", file=sys.stderr)
+        print(f"# broker {backend} log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return Row("broker", backend, args.workers, args.concurrency, args.duration, result)
+
+
+def profile(server: subprocess.Popen[Any], args: argparse.Namespace, tmp: Path, backend: str) -> None:
+    """Sample the broker's workers with py-spy during the run (``--profile``; needs py-spy)."""
+    spy = shutil.which("py-spy") or args.profile
+    children = subprocess.run(
+        ["pgrep", "-g", str(server.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    seconds = int(args.warmup + args.duration)
+    for pid in children:
+        if int(pid) == server.pid:
+            continue
+        out = tmp / f"profile-{backend}-{pid}.txt"
+        subprocess.Popen(
+            [spy, "record", "-p", pid, "-d", str(seconds), "-f", "raw", "-o", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        print(f"# py-spy: worker {pid} -> {out}", file=sys.stderr)
+
+
+# -- the reference: node oidc-provider -------------------------------------------------------
+
+
+def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        raise RuntimeError("node and npm are needed for the reference server")
+    where = tmp / "oidc-provider"
+    where.mkdir()
+    for name in ("package.json", "server.mjs"):
+        shutil.copy(REFERENCE_DIR / name, where / name)
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=where,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+    version = json.loads((where / "node_modules" / "oidc-provider" / "package.json").read_text())["version"]
+    port = free_port()
+    env = {**os.environ, "BENCH_PORT": str(port), "BENCH_WORKERS": str(args.workers), "NODE_ENV": "production"}
+    log = tmp / "reference.log"
+    ready = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
+    with running([node, "server.mjs"], env, ready, log, cwd=where):
+        # Wait for every worker: the first one answering does not mean the others listen.
+        time.sleep(1.0)
+
+        async def seed(conn: Connection, _index: int) -> str:
+            # On the chain's own connection, so the token lives in the worker that serves it.
+            status, payload = await conn.request("GET", "/bench/seed")
+            if status != 200:
+                raise RuntimeError(f"seed failed: {status} {payload[:300]!r}")
+            return str(json.loads(payload)["refresh_token"])
+
+        result = asyncio.run(drive(port, args.concurrency, "bench-app", seed, args.warmup, args.duration))
+    if result.errors:
+        print(f"# reference: first error: {result.first_error}", file=sys.stderr)
+        print(f"# reference log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return Row(f"oidc-provider {version} (node {os.popen(node + ' --version').read().strip()})",
+               "memory", args.workers, args.concurrency, args.duration, result)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds counted")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted, first")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument(
+        "--profile", metavar="PY_SPY", nargs="?", const="py-spy", default=None,
+        help="sample the broker's workers with py-spy (path to it, if not on PATH)",
+    )
+    args = parser.parse_args()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-tokens-") as name:
+        tmp = Path(name)
+        reference = None if args.no_reference else bench_reference(args, tmp)
+        rows.append(bench_broker("sqlite", f"sqlite:///{tmp}/bench.db", args, tmp))
+        if not args.no_postgres:
+            pg_url = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
+            schema = f"bench_{secrets.token_hex(4)}"
+            admin = make_engine(pg_url)
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            try:
+                from sqlalchemy.engine import make_url
+
+                url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+                rows.append(bench_broker("postgresql", url.render_as_string(hide_password=False), args, tmp))
+            finally:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                admin.dispose()
+        if args.profile:
+            print(f"# profiles kept in {tmp} until exit; copy them now if needed", file=sys.stderr)
+        if reference is not None:
+            rows.insert(0, reference)
+
+    ref_rate = reference.rate if reference is not None else None
+    print(
+        f"Token endpoint, refresh_token grant (rotating), {args.concurrency} chains on keep-alive "
+        f"connections, {args.warmup:g} s warm-up then {args.duration:g} s counted, 127.0.0.1"
+    )
+    print("reference: node oidc-provider, in-memory adapter, rotateRefreshToken: true, ES256 JWT access tokens")
+    header = ("server", "backend", "workers", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+              "req/s / ref")
+    print_table(header, [r.cells(ref_rate) for r in rows])
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
