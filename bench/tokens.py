@@ -340,7 +340,7 @@ def refresh_token_through_consent(issuer: str, client_id: str, index: int) -> st
             redirect_uri=REDIRECT_URI,
             token_endpoint_auth_method="none",
             code_challenge_method="S256",
-            scope="lab_results",
+            scope="lab_results device_measurements",  # one optional line ticked: see the report
         )
         verifier = secrets.token_urlsafe(48)
         url, _ = app.create_authorization_url(f"{issuer}/authorize", code_verifier=verifier)
@@ -359,7 +359,7 @@ def refresh_token_through_consent(issuer: str, client_id: str, index: int) -> st
         )
         location = answer.headers.get("location", "")
         if answer.status_code != 303 or "code" not in parse_qs(urlsplit(location).query):
-            raise RuntimeError(f"consent did not give a code: {answer.status_code} {location}")
+            raise RuntimeError(f"consent gave no code: {answer.status_code} {location} {answer.text[:300]}")
         token = app.fetch_token(f"{issuer}/token", authorization_response=location, code_verifier=verifier)
         app.close()
         return str(token["refresh_token"])
@@ -381,38 +381,58 @@ def bench_broker(backend: str, url: str, args: argparse.Namespace, tmp: Path) ->
     argv = [sys.executable, "-m", "broker.cli", "serve", "--workers", str(args.workers)]
     log = tmp / f"broker-{backend}.log"
     with running(argv, env, f"{issuer}/jwks.json", log, cwd=ROOT) as server:
-        tokens = [refresh_token_through_consent(issuer, client_id, i) for i in range(args.concurrency)]
+        try:
+            tokens = [refresh_token_through_consent(issuer, client_id, i) for i in range(args.concurrency)]
+        except Exception:
+            print(f"# broker {backend} log tail:\n{log.read_text()[-4000:]}", file=sys.stderr)
+            raise
 
         async def seed(_conn: Connection, index: int) -> str:
             return tokens[index]
 
-        if args.profile:
-            profile(server, args, tmp, backend)
-        result = asyncio.run(drive(port, args.concurrency, client_id, seed, args.warmup, args.duration))
+        with profiling(server, args, backend):
+            result = asyncio.run(drive(port, args.concurrency, client_id, seed, args.warmup, args.duration))
     if result.errors:
         print(f"# broker {backend}: first error: {result.first_error}", file=sys.stderr)
         print(f"# broker {backend} log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
     return Row("broker", backend, args.workers, args.concurrency, args.duration, result)
 
 
-def profile(server: subprocess.Popen[Any], args: argparse.Namespace, tmp: Path, backend: str) -> None:
-    """Sample the broker's workers with py-spy during the run (``--profile``; needs py-spy)."""
-    spy = shutil.which("py-spy") or args.profile
-    children = subprocess.run(
+@contextmanager
+def profiling(server: subprocess.Popen[Any], args: argparse.Namespace, backend: str) -> Iterator[None]:
+    """Sample the broker's workers with py-spy during the run (``--profile DIR``)."""
+    if not args.profile:
+        yield
+        return
+    out_dir = Path(args.profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pids = subprocess.run(
         ["pgrep", "-g", str(server.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
-    seconds = int(args.warmup + args.duration)
-    for pid in children:
+    seconds = int(args.warmup + args.duration) + 1
+    spies = []
+    for pid in pids:
         if int(pid) == server.pid:
-            continue
-        out = tmp / f"profile-{backend}-{pid}.txt"
-        subprocess.Popen(
-            [spy, "record", "-p", pid, "-d", str(seconds), "-f", "raw", "-o", str(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            continue  # the supervisor only watches its workers
+        out = out_dir / f"{backend}-worker-{pid}.txt"
+        spies.append(
+            subprocess.Popen(
+                [args.py_spy, "record", "-p", pid, "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(out)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         )
-        print(f"# py-spy: worker {pid} -> {out}", file=sys.stderr)
+        print(f"# py-spy: {backend} worker {pid} -> {out}", file=sys.stderr)
+    try:
+        yield
+    finally:
+        for spy in spies:
+            try:
+                spy.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(timeout=10)
 
 
 # -- the reference: node oidc-provider -------------------------------------------------------
@@ -453,8 +473,15 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
     if result.errors:
         print(f"# reference: first error: {result.first_error}", file=sys.stderr)
         print(f"# reference log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
-    return Row(f"oidc-provider {version} (node {os.popen(node + ' --version').read().strip()})",
-               "memory", args.workers, args.concurrency, args.duration, result)
+    node_version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return Row(
+        f"oidc-provider {version} (node {node_version})",
+        "memory",
+        args.workers,
+        args.concurrency,
+        args.duration,
+        result,
+    )
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -468,10 +495,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-reference", action="store_true")
-    parser.add_argument(
-        "--profile", metavar="PY_SPY", nargs="?", const="py-spy", default=None,
-        help="sample the broker's workers with py-spy (path to it, if not on PATH)",
-    )
+    parser.add_argument("--profile", metavar="DIR", help="sample the broker's workers with py-spy into DIR")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable (with --profile)")
     args = parser.parse_args()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-tokens-") as name:
@@ -493,8 +518,6 @@ def main() -> None:
                 with admin.begin() as conn:
                     conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
                 admin.dispose()
-        if args.profile:
-            print(f"# profiles kept in {tmp} until exit; copy them now if needed", file=sys.stderr)
         if reference is not None:
             rows.insert(0, reference)
 

@@ -464,7 +464,7 @@ def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, ap
         raise InvalidGrant("code_verifier is required (43 to 128 characters)")
     if not hmac.compare_digest(create_s256_code_challenge(verifier), row.code_challenge):
         raise InvalidGrant("code_verifier does not match the code_challenge")
-    consent = session.get(ConsentRecord, row.consent_id)
+    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
     if consent is None:
         raise InvalidGrant("the consent no longer exists")
     _check_consent_usable(consent, app, ctx.now)
@@ -481,9 +481,15 @@ def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext,
     token = form.get("refresh_token")
     if not token:
         raise InvalidRequest("refresh_token is required")
-    row = session.get(RefreshToken, secret_digest(ctx.settings.secret_key, token), with_for_update=True)
+    row = session.get(RefreshToken, secret_digest(ctx.settings.secret_key, token))
     if row is None or row.client_id != app.client_id:
         raise InvalidGrant("the refresh token is invalid")
+    # Lock order, everywhere: the consent first, then what hangs from it. A revocation takes
+    # the same locks in the same order, so a refresh racing a revocation waits, never deadlocks.
+    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
+    session.refresh(row, with_for_update=True)
+    if consent is None:
+        raise InvalidGrant("the consent no longer exists")
     if row.used_at is not None:
         # RFC 9700 §4.14.2: reuse of a rotated token revokes the whole family.
         _revoke_family(session, row.family_id, ctx.now)
@@ -493,9 +499,6 @@ def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext,
     # RFC 9449 §5: a refresh token bound to a DPoP key is used with a proof of that key.
     if row.dpop_jkt is not None and row.dpop_jkt != ctx.dpop_jkt:
         raise InvalidGrant("this refresh token is bound to a DPoP key: send a proof of it")
-    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
-    if consent is None:
-        raise InvalidGrant("the consent no longer exists")
     _check_consent_usable(consent, app, ctx.now)
     holder = _select_holder(session, consent, form.get("resource"))
     row.used_at = ctx.now

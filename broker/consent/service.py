@@ -200,7 +200,8 @@ def revoke_consent(
 
 def patient_consent(session: Session, *, patient_id: str, consent_id: str) -> ConsentRecord:
     """A consent of this patient; another patient's id is simply not found (W10)."""
-    consent = session.get(ConsentRecord, consent_id)
+    # Locked: a revocation and a refresh of the same consent take their turns (oauth.py).
+    consent = session.get(ConsentRecord, consent_id, with_for_update=True)
     if consent is None or consent.patient_id != patient_id:
         raise NotFound("no such consent")
     return consent

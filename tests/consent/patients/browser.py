@@ -30,7 +30,13 @@ def sign_up(
     token = page_token(client, "/signup")
     return client.post(
         "/signup",
-        data={"csrf_token": token, "email": email, "display_name": display_name, "password": password, "next": ""},
+        data={
+            "csrf_token": token,
+            "email": email,
+            "display_name": display_name,
+            "password": password,
+            "next": "",
+        },
         headers=headers,
         follow_redirects=False,
     )

@@ -48,7 +48,7 @@ class LocalProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
@@ -62,7 +62,7 @@ class LocalProvider:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 if url.path == "/.well-known/openid-configuration":
                     self._send(200, provider.discovery())
@@ -72,12 +72,15 @@ class LocalProvider:
                     query = {k: v[0] for k, v in parse_qs(url.query).items()}
                     provider.authorize_requests.append(query)
                     status, location = provider.authorize(query)
-                    self._send(status, None if status == 302 else {"error": location},
-                               {"Location": location} if status == 302 else None)
+                    self._send(
+                        status,
+                        None if status == 302 else {"error": location},
+                        {"Location": location} if status == 302 else None,
+                    )
                 else:
                     self._send(404, {"error": "not_found"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
                 if urlsplit(self.path).path != "/token":
@@ -137,7 +140,11 @@ class LocalProvider:
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         if challenge != request["code_challenge"]:
             return 400, {"error": "invalid_grant", "error_description": "PKCE verifier does not match"}
-        body: dict[str, Any] = {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 60}
+        body: dict[str, Any] = {
+            "access_token": secrets.token_urlsafe(16),
+            "token_type": "Bearer",
+            "expires_in": 60,
+        }
         if self.mode != "no_id_token":
             body["id_token"] = self.id_token(request["nonce"])
         return 200, body
@@ -173,7 +180,9 @@ class LocalProvider:
             segment = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
             return f"{segment({'alg': 'none', 'kid': 'op-key-1'})}.{segment(claims)}."
         elif self.mode == "hs256_with_secret":
-            key = jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(self.client_secret.encode()).rstrip(b"=").decode())
+            key = jwk.JWK(
+                kty="oct", k=base64.urlsafe_b64encode(self.client_secret.encode()).rstrip(b"=").decode()
+            )
             header = {"alg": "HS256", "kid": "op-key-1"}
             token = jws.JWS(json.dumps(claims))
             token.add_signature(key, alg="HS256", protected=json.dumps(header))

@@ -133,7 +133,9 @@ def test_the_session_table_holds_no_session_id(client: Any, db: sessionmaker[Ses
     assert len(rows) == 1 and raw not in rows[0].id_hash
 
 
-def test_logout_ends_the_session_on_the_server(client: Any, db: sessionmaker[Session], settings: Settings) -> None:
+def test_logout_ends_the_session_on_the_server(
+    client: Any, db: sessionmaker[Session], settings: Settings
+) -> None:
     sign_up(client)
     log_in(client)
     stolen = session_cookie(client)
@@ -168,7 +170,9 @@ def test_sessions_expire(client: Any, db: sessionmaker[Session], settings: Setti
         }
     with db.begin() as session:
         session.execute(
-            update(PatientSession).where(PatientSession.id_hash == session_id_hash(settings, raw)).values(**values)
+            update(PatientSession)
+            .where(PatientSession.id_hash == session_id_hash(settings, raw))
+            .values(**values)
         )
     response = client.get("/account?tab=1", follow_redirects=False)
     assert response.status_code == 303
@@ -241,7 +245,9 @@ def test_cookie_attributes_over_https(settings: Settings) -> None:
         assert sign_up(client).status_code == 303
         response = log_in(client)
         assert response.status_code == 303
-        [cookie] = [c for c in response.headers.get_list("set-cookie") if c.startswith("__Host-broker_session=")]
+        [cookie] = [
+            c for c in response.headers.get_list("set-cookie") if c.startswith("__Host-broker_session=")
+        ]
         parts = [part.strip().lower() for part in cookie.split(";")]
         assert {"secure", "httponly", "path=/", "samesite=lax"} <= set(parts)
         assert not any(part.startswith("domain") for part in parts)

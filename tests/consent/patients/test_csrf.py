@@ -52,7 +52,9 @@ def test_sign_up_form_refuses_forged_submissions(
 def test_same_origin_submissions_are_accepted(client: Any, db: sessionmaker[Session]) -> None:
     token = page_token(client, "/signup")
     headers = {"Origin": "http://127.0.0.1:8000", "Sec-Fetch-Site": "same-origin"}
-    response = client.post("/signup", data={**SIGN_UP, "csrf_token": token}, headers=headers, follow_redirects=False)
+    response = client.post(
+        "/signup", data={**SIGN_UP, "csrf_token": token}, headers=headers, follow_redirects=False
+    )
     assert response.status_code == 303
     assert _count(db, Patient) == 1
 

@@ -43,7 +43,9 @@ def oidc_client(settings: Settings, provider: LocalProvider) -> Iterator[Any]:
 def start(client: Any, provider: LocalProvider, next_path: str = "/account") -> str:
     """Press the button; returns where the provider sends the browser back (path and query)."""
     token = page_token(client, "/login")
-    pressed = client.post("/login/oidc", data={"csrf_token": token, "next": next_path}, follow_redirects=False)
+    pressed = client.post(
+        "/login/oidc", data={"csrf_token": token, "next": next_path}, follow_redirects=False
+    )
     assert pressed.status_code == 303, pressed.text
     location = pressed.headers["location"]
     assert location.startswith(provider.issuer + "/authorize?")
@@ -122,7 +124,9 @@ def test_a_bad_id_token_is_refused(
     assert any(REASONS[mode] in record.getMessage() for record in caplog.records), caplog.text
 
 
-def test_a_changed_state_is_refused(oidc_client: Any, provider: LocalProvider, db: sessionmaker[Session]) -> None:
+def test_a_changed_state_is_refused(
+    oidc_client: Any, provider: LocalProvider, db: sessionmaker[Session]
+) -> None:
     callback = start(oidc_client, provider)
     path, query = callback.split("?", 1)
     params = {k: v[0] for k, v in parse_qs(query).items()}
@@ -163,7 +167,9 @@ def test_an_error_from_the_provider_is_shown_plainly(oidc_client: Any, provider:
 
 def test_the_button_needs_a_csrf_token(oidc_client: Any) -> None:
     page_token(oidc_client, "/login")
-    assert oidc_client.post("/login/oidc", data={"next": "/account"}, follow_redirects=False).status_code == 403
+    assert (
+        oidc_client.post("/login/oidc", data={"next": "/account"}, follow_redirects=False).status_code == 403
+    )
 
 
 def test_an_unreachable_provider_gives_a_plain_error(settings: Settings) -> None:
