@@ -23,6 +23,9 @@ class Holder(Base):
     release_step_categories: Mapped[list[str]] = mapped_column(JSON)
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     jwks_uri: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # Where the broker sends a patient to authenticate at the holder and come back linked
+    # (DESIGN step 4); holders without one are linked by operator import only.
+    link_endpoint: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # pending → approved (by an operator) ↔ suspended
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

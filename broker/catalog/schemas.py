@@ -373,6 +373,7 @@ class HolderDeclaration:
     release_step_categories: tuple[str, ...]
     jwks: dict[str, Any] | None
     jwks_uri: str | None
+    link_endpoint: str | None = None
 
 
 def validate_holder(body: Any, charter: Charter, *, dev_mode: bool) -> HolderDeclaration:
@@ -400,7 +401,13 @@ def validate_holder(body: Any, charter: Charter, *, dev_mode: bool) -> HolderDec
     jwks_uri = c.web_uri(document["jwks_uri"], "jwks_uri", dev_mode) if "jwks_uri" in document else None
     if (jwks is None) == (jwks_uri is None):
         raise c.fail("jwks", "give exactly one of jwks or jwks_uri (keys that sign access receipts)")
+    link_endpoint = None
+    if "link_endpoint" in document:
+        link_endpoint = c.web_uri(document["link_endpoint"], "link_endpoint", dev_mode)
+        if "#" in link_endpoint:
+            raise c.fail("link_endpoint", "must have no fragment")
     return HolderDeclaration(
+        link_endpoint=link_endpoint,
         identifier=identifier,
         legal_name=legal_name,
         base_url=base_url.rstrip("/"),

@@ -288,6 +288,7 @@ def add_holder(session: Session, *, body: Any, charter: Charter, dev_mode: bool,
         release_step_categories=list(decl.release_step_categories),
         jwks=decl.jwks,
         jwks_uri=decl.jwks_uri,
+        link_endpoint=decl.link_endpoint,
         status="pending",
         created_at=now,
         category_rows=[HolderCategory(category=c) for c in decl.categories],
@@ -321,6 +322,7 @@ def holder_json(holder: Holder, *, private: bool = False) -> dict[str, Any]:
         "base_url": holder.base_url,
         "categories": holder.categories,
         "release_step_categories": holder.release_step_categories,
+        "link_endpoint": holder.link_endpoint,
     }
     if private:
         body.update(

@@ -145,6 +145,19 @@ class RefreshToken(Base):
     dpop_jkt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class LinkRequest(Base):
+    """A patient sent to a holder to be linked; ``state`` (stored as an HMAC) brings them back."""
+
+    __tablename__ = "link_requests"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    holder_id: Mapped[str] = mapped_column(ForeignKey("holders.identifier"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class UsedJti(Base):
     """Replay cache for client assertions and DPoP proofs, shared by every broker node."""
 

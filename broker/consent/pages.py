@@ -11,15 +11,18 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import Redirect
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.catalog.models import App, Holder
 from broker.charter import Charter
 from broker.consent import oauth
+from broker.consent.links import finish_link, start_link, unlink
 from broker.consent.models import AuthorizationRequest
 from broker.consent.patients import check_csrf, login_redirect, patient_from_request, render_page
 from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
+from broker.consent.replay_store import DatabaseReplayCache
 from broker.consent.service import (
     MAX_CONSENT_DAYS,
     Grant,
@@ -414,3 +417,117 @@ consent_pages = [
     api_my_consents,
     api_revoke,
 ]
+
+
+# -- my data sources: linking a holder, unlinking it -----------------------------------------
+
+
+@get("/my/sources", include_in_schema=False)
+async def my_sources(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings = state.settings
+
+    def work(session: Session) -> dict[str, Any] | None:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        linked = {holder.identifier: link for link, holder in active_links(session, patient.id)}
+        holders = session.scalars(
+            select(Holder).where(Holder.status == "approved").order_by(Holder.legal_name)
+        ).all()
+        return {
+            "patient": patient,
+            "sources": [{"holder": h, "link": linked.get(h.identifier)} for h in holders],
+        }
+
+    context = await in_transaction(state.session_factory, work)
+    if context is None:
+        return login_redirect(request)
+    return render_page(request, "consent/my_sources.html", **context)
+
+
+@post("/my/sources/{holder_id:str}/link", include_in_schema=False)
+async def link_source(
+    request: Request[Any, Any, Any], state: State, holder_id: FromPath[str]
+) -> Response[Any]:
+    settings = state.settings
+    form = await request.form()
+    check_csrf(request, settings, form.get("csrf_token"))
+
+    def work(session: Session) -> str | None:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return None
+        return start_link(
+            session,
+            patient_id=patient.id,
+            holder_id=holder_id,
+            issuer=settings.issuer,
+            secret_key=settings.secret_key,
+            now=utcnow(),
+        )
+
+    try:
+        location = await in_transaction(state.session_factory, work)
+    except BrokerError as exc:
+        return _page_error(request, exc)
+    if location is None:
+        return login_redirect(request)
+    return Redirect(location, status_code=303)
+
+
+@get("/my/sources/callback", include_in_schema=False)
+async def link_callback(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings = state.settings
+    query = request.query_params
+
+    def work(session: Session) -> bool:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return False
+        now = utcnow()
+        finish_link(
+            session,
+            patient_id=patient.id,
+            state=query.get("state"),
+            link_token=query.get("link_token"),
+            issuer=settings.issuer,
+            secret_key=settings.secret_key,
+            replay=DatabaseReplayCache(state.session_factory, now),
+            now=now,
+        )
+        return True
+
+    try:
+        done = await in_transaction(state.session_factory, work)
+    except BrokerError as exc:
+        return _page_error(request, exc)
+    if not done:
+        return login_redirect(request)
+    return Redirect("/my/sources", status_code=303)
+
+
+@post("/my/sources/{holder_id:str}/unlink", include_in_schema=False)
+async def unlink_source(
+    request: Request[Any, Any, Any], state: State, holder_id: FromPath[str]
+) -> Response[Any]:
+    settings = state.settings
+    form = await request.form()
+    check_csrf(request, settings, form.get("csrf_token"))
+
+    def work(session: Session) -> bool:
+        patient = patient_from_request(session, request, settings)
+        if patient is None:
+            return False
+        unlink(session, patient_id=patient.id, holder_id=holder_id)
+        return True
+
+    try:
+        done = await in_transaction(state.session_factory, work)
+    except BrokerError as exc:
+        return _page_error(request, exc)
+    if not done:
+        return login_redirect(request)
+    return Redirect("/my/sources", status_code=303)
+
+
+consent_pages += [my_sources, link_source, link_callback, unlink_source]

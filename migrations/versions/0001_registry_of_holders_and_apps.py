@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("release_step_categories", sa.JSON(), nullable=False),
         sa.Column("jwks", sa.JSON(), nullable=True),
         sa.Column("jwks_uri", sa.String(length=2000), nullable=True),
+        sa.Column("link_endpoint", sa.String(length=2000), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", broker.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("approved_at", broker.db.UTCDateTime(timezone=True), nullable=True),

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-28 18:44:51.829749
+Create Date: 2026-11-28 18:49:16.852368
 """
 
 from collections.abc import Sequence
@@ -117,6 +117,25 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_holder_links_holder_id"), ["holder_id"], unique=False)
 
     op.create_table(
+        "link_requests",
+        sa.Column("state_hash", sa.String(length=64), nullable=False),
+        sa.Column("patient_id", sa.String(length=36), nullable=False),
+        sa.Column("holder_id", sa.String(length=64), nullable=False),
+        sa.Column("created_at", broker.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", broker.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", broker.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["holder_id"], ["holders.identifier"], name=op.f("fk_link_requests_holder_id_holders")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"],
+            ["patients.id"],
+            name=op.f("fk_link_requests_patient_id_patients"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("state_hash", name=op.f("pk_link_requests")),
+    )
+    op.create_table(
         "authorization_codes",
         sa.Column("code_hash", sa.String(length=64), nullable=False),
         sa.Column("client_id", sa.String(length=64), nullable=False),
@@ -207,6 +226,7 @@ def downgrade() -> None:
 
     op.drop_table("consent_events")
     op.drop_table("authorization_codes")
+    op.drop_table("link_requests")
     with op.batch_alter_table("holder_links", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_holder_links_holder_id"))
 
