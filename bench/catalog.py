@@ -200,8 +200,20 @@ def bench_backend(name: str, url: str, count: int, runs: int) -> list[tuple[str,
             rows.append(
                 (name, label, "http", f"{median:.2f}", f"{p95(samples):.2f}", f"{median / ref_median:.1f}")
             )
+    # Issue 3: a new charter version re-checks every app, in one transaction.
+    from broker.catalog.enforcement import apply_charter, charter_source
+
+    charter2, document = charter_source(str(V2))
+    started = time.perf_counter()
+    with transaction(factory) as session:
+        report = apply_charter(
+            session, charter=charter2, document=document, applied_by="bench", dev_mode=True, now=utcnow()
+        )
+    recheck = time.perf_counter() - started
+    RECHECKS.append(
+        (name, str(report.checked), f"{recheck:.2f}", str(len(report.suspended)), f"{load_seconds:.1f}")
+    )
     engine.dispose()
-    print(f"# {name}: {count} apps registered through the service in {load_seconds:.1f} s", file=sys.stderr)
     return rows
 
 

@@ -104,7 +104,11 @@ class AppSearchTerm(Base):
 
     __tablename__ = "app_search_terms"
 
-    term: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Byte order on PostgreSQL: the prefix range ``term >= w AND term < w || U+FFFF`` must not
+    # depend on the database's linguistic collation (which may ignore U+FFFF altogether).
+    term: Mapped[str] = mapped_column(
+        String(64).with_variant(String(64, collation="C"), "postgresql"), primary_key=True
+    )
     client_id: Mapped[str] = mapped_column(
         ForeignKey("apps.client_id", ondelete="CASCADE"), primary_key=True, index=True
     )

@@ -112,7 +112,11 @@ def upgrade() -> None:
 
     op.create_table(
         "app_search_terms",
-        sa.Column("term", sa.String(length=64), nullable=False),
+        sa.Column(
+            "term",
+            sa.String(length=64).with_variant(sa.String(length=64, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
             ["client_id"],
