@@ -18,6 +18,7 @@ throughput.
 The load generator is a small asyncio HTTP/1.1 client written here (not httpx), so that its
 own cost stays low: it shares the 2 cores with the server it measures.
 """
+# ruff: noqa: S603, S607  (the bench starts its own servers, npm, ss and py-spy)
 
 from __future__ import annotations
 
@@ -42,8 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from argon2 import PasswordHasher
@@ -58,10 +58,11 @@ from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.migrate import upgrade
 from tests.factories import app_registration, holder_declaration
 
+ROOT = Path(__file__).resolve().parent.parent
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "oidc-provider"
-SECRET_KEY = "bench-secret-key-of-at-least-32-bytes"
-PASSWORD = "une phrase de passe assez longue pour le banc"
+SECRET_KEY = "bench-secret-key-of-at-least-32-bytes"  # noqa: S105 (a throwaway bench key)
+PASSWORD = "une phrase de passe assez longue pour le banc"  # noqa: S105 (bench patients)
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the 303 is read
 START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 10.0
@@ -177,6 +178,24 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     first_error: str = ""
     broken_chains: int = 0
+    spread: list[int] = field(default_factory=list)  # connections held by each server process
+
+
+def connection_spread(port: int) -> list[int]:
+    """How many of the load's connections each server process holds (from ``ss``)."""
+    ss = shutil.which("ss")
+    if not ss:
+        return []
+    out = subprocess.run(
+        [ss, "-tnpH", "state", "established"], capture_output=True, text=True, check=False
+    ).stdout
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[2].endswith(f":{port}"):
+            for pid in re.findall(r"pid=(\d+)", fields[-1]):
+                counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
 
 
 async def drive(
@@ -189,8 +208,15 @@ async def drive(
 ) -> LoadResult:
     result = LoadResult()
     # Every chain gets its refresh token (and, for the reference, its pinned connection) first.
+    # Connections are opened one by one, as separate clients would, so that the server's
+    # processes can share them out (one process that wakes first may otherwise accept them all).
     connections = [Connection(port) for _ in range(chains)]
-    tokens = [await seed(connections[i], i) for i in range(chains)]
+    tokens = []
+    for index, conn in enumerate(connections):
+        await conn.open()
+        tokens.append(await seed(conn, index))
+        await asyncio.sleep(0.02)
+    result.spread = connection_spread(port)
     start = time.perf_counter() + 0.05
     window = (start + warmup, start + warmup + duration)
 
@@ -209,7 +235,7 @@ async def drive(
                     conn.request("POST", "/token", body), REQUEST_TIMEOUT
                 )
                 answer = json.loads(payload) if status == 200 else None
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
                 status, payload, answer = 0, repr(exc).encode(), None
             done = time.perf_counter()
             counted = window[0] <= sent and done <= window[1]
@@ -260,6 +286,7 @@ class Row:
             self.backend,
             str(self.workers),
             str(self.concurrency),
+            "+".join(map(str, self.result.spread)) or "?",
             str(self.result.requests),
             str(self.result.errors),
             f"{self.rate:.0f}",
@@ -338,7 +365,7 @@ def refresh_token_through_consent(issuer: str, client_id: str, index: int) -> st
         app = OAuth2Client(
             client_id=client_id,
             redirect_uri=REDIRECT_URI,
-            token_endpoint_auth_method="none",
+            token_endpoint_auth_method="none",  # noqa: S106 (a method name)
             code_challenge_method="S256",
             scope="lab_results device_measurements",  # one optional line ticked: see the report
         )
@@ -417,7 +444,20 @@ def profiling(server: subprocess.Popen[Any], args: argparse.Namespace, backend: 
         out = out_dir / f"{backend}-worker-{pid}.txt"
         spies.append(
             subprocess.Popen(
-                [args.py_spy, "record", "-p", pid, "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(out)],
+                [
+                    args.py_spy,
+                    "record",
+                    "-p",
+                    pid,
+                    "-d",
+                    str(seconds),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -455,7 +495,12 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
     )
     version = json.loads((where / "node_modules" / "oidc-provider" / "package.json").read_text())["version"]
     port = free_port()
-    env = {**os.environ, "BENCH_PORT": str(port), "BENCH_WORKERS": str(args.workers), "NODE_ENV": "production"}
+    env = {
+        **os.environ,
+        "BENCH_PORT": str(port),
+        "BENCH_WORKERS": str(args.workers),
+        "NODE_ENV": "production",
+    }
     log = tmp / "reference.log"
     ready = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
     with running([node, "server.mjs"], env, ready, log, cwd=where):
@@ -473,7 +518,9 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
     if result.errors:
         print(f"# reference: first error: {result.first_error}", file=sys.stderr)
         print(f"# reference log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
-    node_version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    node_version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return Row(
         f"oidc-provider {version} (node {node_version})",
         "memory",
@@ -488,7 +535,9 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds counted")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted, first")
@@ -526,9 +575,22 @@ def main() -> None:
         f"Token endpoint, refresh_token grant (rotating), {args.concurrency} chains on keep-alive "
         f"connections, {args.warmup:g} s warm-up then {args.duration:g} s counted, 127.0.0.1"
     )
-    print("reference: node oidc-provider, in-memory adapter, rotateRefreshToken: true, ES256 JWT access tokens")
-    header = ("server", "backend", "workers", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-              "req/s / ref")
+    print(
+        "reference: node oidc-provider, in-memory adapter, rotateRefreshToken: true, ES256 JWT access tokens"
+    )
+    header = (
+        "server",
+        "backend",
+        "workers",
+        "concurrency",
+        "conns/process",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "req/s / ref",
+    )
     print_table(header, [r.cells(ref_rate) for r in rows])
 
 

@@ -35,7 +35,8 @@ from broker.web.i18n import STATIC
 log = logging.getLogger("broker")
 
 TEMPLATES = Path(__file__).parent / "web" / "templates"
-OAUTH_PATHS = ("/register",)
+# Endpoints whose errors take the RFC 6749 §5.2 form (``error``, ``error_description``).
+OAUTH_PATHS = ("/register", "/token", "/par", "/revoke", "/introspect")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -74,19 +75,19 @@ def _oauth_response(status: int, error: str, description: str) -> Response[Any]:
     )
 
 
+def _oauth_error_code(path: str, status: int) -> str:
+    """The RFC error code for an error that is not an OAuth error of its own."""
+    registration = path == "/register" or path.startswith("/register/")
+    if status == 401:
+        return "invalid_token" if registration else "invalid_client"
+    if registration and status in (400, 415):
+        return "invalid_client_metadata"  # RFC 7591 §3.2.2
+    return "invalid_request"
+
+
 def handle_broker_error(request: Request[Any, Any, Any], exc: BrokerError) -> Response[Any]:
     if isinstance(exc, OAuthError) or (_is_oauth_path(request.url.path) and exc.status < 500):
-        error = (
-            exc.error
-            if isinstance(exc, OAuthError)
-            else (
-                "invalid_token"
-                if exc.status == 401
-                else "invalid_client_metadata"
-                if exc.status in (400, 415)
-                else "invalid_request"
-            )
-        )
+        error = exc.error if isinstance(exc, OAuthError) else _oauth_error_code(request.url.path, exc.status)
         return _oauth_response(exc.status, error, exc.detail)
     return _problem_response(exc.status, exc.problem(request.url.path))
 
@@ -195,11 +196,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             seed_demo(session, settings)
 
     return Litestar(
-        route_handlers=[index, metadata, jwks, registry_router, admin_router, *oauth_routes,
-                        *consent_pages,
-                        patient_pages,
-                        create_static_files_router(path="/static", directories=[STATIC],
-                                                   include_in_schema=False)],
+        route_handlers=[
+            index,
+            metadata,
+            jwks,
+            registry_router,
+            admin_router,
+            *oauth_routes,
+            *consent_pages,
+            patient_pages,
+            create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),
+        ],
         state=state,
         exception_handlers={
             BrokerError: handle_broker_error,

@@ -58,6 +58,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         host=host,
         port=port,
         workers=args.workers,
+        http="broker.serving:NoDelayH11Protocol",
         log_level="info",
         # Bound what one request may make the server hold (SECURITY J13).
         h11_max_incomplete_event_size=16 * 1024,

@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from broker.consent.models import (
     HolderLink,
     RefreshToken,
 )
-from broker.consent.service import VALID, effective_status, status_reference
+from broker.consent.service import VALID, effective_status, reissue_status_entry, status_reference
 from broker.db import KeepChanges
 from broker.errors import (
     BrokerError,
@@ -45,7 +45,6 @@ from broker.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
-    UnauthorizedClient,
     UnsupportedGrantType,
 )
 from broker.keys import KeyStore
@@ -93,6 +92,17 @@ class RedirectError(Exception):
             error=self.error,
             error_description=self.description,
         )
+
+
+_ERRORS_BY_CODE: dict[str, type[OAuthError]] = {
+    cls.error: cls for cls in (InvalidScope, InvalidAuthorizationDetails, InvalidGrant, InvalidTarget)
+}
+
+
+def error_for_code(code: str, description: str) -> BrokerError:
+    """The broker error that renders as RFC error ``code`` (``invalid_request`` otherwise)."""
+    cls = _ERRORS_BY_CODE.get(code)
+    return cls(description) if cls is not None else InvalidRequest(description)
 
 
 def authorization_response(redirect_uri: str, issuer: str, **params: str | None) -> str:
@@ -311,7 +321,7 @@ class TokenContext:
     settings: Settings
     keystore: KeyStore
     now: datetime
-    authenticate: Any  # Callable[[Session, Mapping[str, str]], App]: client authentication
+    authenticate: Callable[[Session, Mapping[str, str]], App]  # client authentication
     # Thumbprint of the DPoP key proven with this request (RFC 9449 §5), already verified.
     dpop_jkt: str | None = None
 
@@ -453,6 +463,10 @@ def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, ap
         # RFC 9700 §4.2.4: a replayed code revokes what it produced.
         if row.family_id:
             _revoke_family(session, row.family_id, ctx.now)
+        # Access tokens are JWTs: the only way to stop those the code produced is their status.
+        replayed = session.get(ConsentRecord, row.consent_id, with_for_update=True)
+        if replayed is not None:
+            reissue_status_entry(session, replayed, ctx.now)
         raise ReplayRefused("the authorization code was already used; its tokens are revoked")
     if row.expires_at <= ctx.now:
         raise InvalidGrant("the authorization code has expired")
@@ -585,7 +599,3 @@ def check_client_id_only(session: Session, form: Mapping[str, str]) -> App:
     if app.token_endpoint_auth_method != "none":  # noqa: S105 (a method name, not a secret)
         raise InvalidClient("this client must authenticate with private_key_jwt")
     return app
-
-
-def unauthorized(detail: str) -> UnauthorizedClient:
-    return UnauthorizedClient(detail)

@@ -235,7 +235,7 @@ async def consent_decision(
             raise oauth.AuthorizationPageError("this app can no longer ask for your consent")
         charter = state.charters.current(session)
         choices = {c.value: c for c in _choices(app, charter, pending, "fr")}
-        picked = set(form.getall("item")) if hasattr(form, "getall") else set()
+        picked = set(form.getall("item", []))
         unknown = picked - set(choices)
         if unknown:
             raise InvalidRequest("the form names data that this request did not ask for")
@@ -244,7 +244,7 @@ async def consent_decision(
         holders = {
             h.identifier: h for h in _holders(session, patient, pending, {c.category for c in selected})
         }
-        picked_holders = set(form.getall("holder")) if hasattr(form, "getall") else set()
+        picked_holders = set(form.getall("holder", []))
         if not picked_holders or not picked_holders <= set(holders):
             raise InvalidRequest("choose at least one of your data sources")
         try:

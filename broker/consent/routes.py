@@ -175,7 +175,8 @@ async def pushed_authorization_request(
         try:
             checked = oauth.check_authorization_params(app, charter, form, settings.issuer)
         except oauth.RedirectError as exc:
-            raise InvalidRequest(exc.description) from None
+            # RFC 9126 §2.3: the same error codes the authorization endpoint would give.
+            raise oauth.error_for_code(exc.error, exc.description) from None
         stored = oauth.store_authorization_request(session, checked, pushed=True, now=utcnow())
         return {"request_uri": oauth.PAR_PREFIX + stored.id, "expires_in": int(oauth.PAR_TTL.total_seconds())}
 

@@ -177,6 +177,17 @@ def _retire_status_entry(session: Session, consent: ConsentRecord, now: datetime
     )
 
 
+def reissue_status_entry(session: Session, consent: ConsentRecord, now: datetime) -> None:
+    """Every token issued so far under ``consent`` turns INVALID; new ones get a fresh entry.
+
+    Used when a replayed code shows that a token may be in the wrong hands (RFC 9700 §4.2.4).
+    """
+    _retire_status_entry(session, consent, now)
+    consent.status_entry_id = _new_status_entry(session, now).id
+    consent.updated_at = now
+    _event(session, consent, "tokens_revoked", "broker", now, "authorization code replayed")
+
+
 def revoke_consent(
     session: Session, *, consent: ConsentRecord, by: str, reason: str | None, now: datetime
 ) -> ConsentRecord:

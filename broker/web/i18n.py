@@ -16,7 +16,6 @@ from __future__ import annotations
 import gettext
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from babel import negotiate_locale
 from babel.messages.mofile import write_mo
@@ -69,10 +68,6 @@ class PageTemplates:
 
     def get(self, language: str, name: str) -> Template:
         return self.environments[language].get_template(name)
-
-    def gettext(self, language: str, message: str, **values: Any) -> str:
-        translated: str = self.environments[language].globals["gettext"](message, **values)  # type: ignore[operator]
-        return translated
 
 
 def parse_accept_language(header: str) -> list[str]:

@@ -50,6 +50,7 @@ from broker.consent.models import (
     ConsentEvent,
     ConsentRecord,
     RefreshToken,
+    StatusEntry,
 )
 from broker.consent.patients.service import create_local_account
 from broker.consent.service import link_patient
@@ -637,6 +638,46 @@ def test_a_denied_request_cannot_be_accepted_afterwards(env: Env) -> None:
     assert before["AuthorizationCode"] == 0 and before["ConsentRecord"] == 0
 
 
+FORM_TAMPERING = {
+    "a category the request did not ask for": {"item": ["chronic_disease_followup|imaging"]},
+    "a purpose the request did not name": {"item": ["scientific_research|lab_results"]},
+    "a holder the patient is not linked to": {"holder": ["labo-unlinked"]},
+    "a duration beyond the maximum": {"days": "366"},
+    "a zero duration": {"days": "0"},
+    "a duration that is not a number": {"days": "forever"},
+}
+
+
+@pytest.mark.parametrize("changes", FORM_TAMPERING.values(), ids=FORM_TAMPERING.keys())
+def test_a_tampered_consent_form_is_refused(env: Env, changes: dict[str, Any]) -> None:
+    _, challenge = pkce()
+    screen = open_consent(env.browser, env.client_id, challenge)
+    before = counts(env.db)
+    assert_error_page(answer(env.browser, screen, screen.form(**changes)))
+    assert counts(env.db) == before
+    done = answer(env.browser, screen, screen.form())  # the request is still the patient's to answer
+    assert done.status_code == 303 and "code" in query_of(done.headers["location"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "outcome"),
+    [({"item": []}, "code"), ({"holder": []}, "page")],
+    ids=["no optional category ticked", "no data source ticked"],
+)
+def test_a_consent_form_without_item_or_holder_fields_is_answered(
+    env: Env, changes: dict[str, Any], outcome: str
+) -> None:
+    _, challenge = pkce()
+    screen = open_consent(env.browser, env.client_id, challenge)
+    response = answer(env.browser, screen, screen.form(**changes))
+    if outcome == "code":  # only the required lab_results: a valid consent
+        assert response.status_code == 303, response.text
+        assert "code" in query_of(response.headers["location"])
+    else:  # "choose at least one of your data sources", and nothing issued
+        assert_error_page(response)
+        assert counts(env.db)["AuthorizationCode"] == 0
+
+
 # == the token endpoint: codes ================================================================
 
 
@@ -649,6 +690,17 @@ def test_wrong_or_missing_code_verifier_is_refused(env: Env) -> None:
         response = redeem(env.browser, env.client_id, code, bad)
         assert_oauth_error(response, ("invalid_grant", "invalid_request"))
     assert counts(env.db) == before  # no refresh token
+
+
+def test_an_expired_code_is_refused(env: Env) -> None:
+    verifier, challenge = pkce()
+    code = get_code(env.browser, env.client_id, challenge)
+    with transaction(env.db) as session:
+        session.execute(update(AuthorizationCode).values(expires_at=utcnow() - timedelta(seconds=1)))
+    before = counts(env.db)
+    assert_oauth_error(redeem(env.browser, env.client_id, code, verifier), "invalid_grant")
+    assert_oauth_error(redeem(env.browser, env.client_id, "hcb_code_forged", verifier), "invalid_grant")
+    assert counts(env.db) == before
 
 
 def test_redirect_uri_at_the_token_endpoint_must_be_identical(env: Env) -> None:
@@ -685,10 +737,18 @@ def test_code_replay_is_refused_and_revokes_what_the_code_produced(env: Env, rot
         assert rotation.status_code == 200
         live = rotation.json()["refresh_token"]
     before = counts(env.db)
+    with env.db() as session:
+        consent = session.scalars(select(ConsentRecord)).one()
+        old_entry = consent.status_entry_id
     assert_oauth_error(redeem(env.browser, env.client_id, code, verifier), "invalid_grant")
-    assert counts(env.db) == before  # nothing new
+    # nothing issued; one event records why the consent's tokens were stopped
+    assert counts(env.db) == {**before, "ConsentEvent": before["ConsentEvent"] + 1}
     with env.db() as session:
         assert all(row.revoked_at is not None for row in session.scalars(select(RefreshToken)))
+        # the access tokens the code produced point at an entry that is now INVALID
+        assert session.get(StatusEntry, old_entry).status == 1
+        consent = session.scalars(select(ConsentRecord)).one()
+        assert consent.status == "active" and consent.status_entry_id != old_entry
     assert_oauth_error(refresh(env.browser, env.client_id, live), "invalid_grant")
     assert_oauth_error(refresh(env.browser, env.client_id, first.json()["refresh_token"]), "invalid_grant")
 
@@ -724,12 +784,6 @@ def test_token_request_with_a_repeated_parameter_or_wrong_content_type_is_refuse
     assert post_form(env.browser, "/token", data).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: broker.errors.InvalidRequest is not an OAuthError and /token, /par, /revoke are "
-    "not in broker/app.py OAUTH_PATHS, so every invalid_request on them is RFC 9457 "
-    "problem+json without the RFC 6749 §5.2 `error` member",
-)
 @pytest.mark.parametrize(
     ("path", "body", "content_type"),
     [
@@ -755,7 +809,7 @@ def test_invalid_request_uses_the_rfc6749_error_format(
     env: Env, path: str, body: str, content_type: str
 ) -> None:
     response = env.browser.post(
-        path, content=body.format(client_id=env.client_id), headers={"Content-Type": content_type}
+        path, content=body.replace("{client_id}", env.client_id), headers={"Content-Type": content_type}
     )
     assert_oauth_error(response, "invalid_request")
 
@@ -998,6 +1052,22 @@ def test_a_valid_client_assertion_authenticates_at_token_par_and_revoke(
     assert_oauth_error(dead, "invalid_grant")
 
 
+def test_a_confidential_client_needs_pkce_too(env: Env, confidential: Confidential) -> None:
+    _, challenge = pkce()
+    for changes in (
+        {"code_challenge": None, "code_challenge_method": None},
+        {"code_challenge_method": "plain"},
+    ):
+        params = auth_params(confidential.client_id, challenge, **changes)
+        assert_error_redirect(authorize(env.browser, params), env, "invalid_request", params["state"])
+        pushed = post_form(
+            env.browser,
+            "/par",
+            with_assertion(confidential, assertion(env, confidential), **params),
+        )
+        assert_refused(pushed)
+
+
 BAD_ASSERTIONS = {
     "replayed jti": "replay",
     "expired": "expired",
@@ -1108,6 +1178,33 @@ def test_bad_client_authentication_is_refused(env: Env, confidential: Confidenti
     assert good.status_code == 200, good.text
 
 
+def test_an_assertion_spent_on_a_failed_grant_cannot_be_replayed(
+    env: Env, confidential: Confidential
+) -> None:
+    """The jti is recorded even when the grant that follows fails (its own commit)."""
+    code, verifier = confidential_code(env, confidential)
+    signed = assertion(env, confidential)
+    failed = post_form(
+        env.browser, "/token", with_assertion(confidential, signed, **code_form("hcb_code_forged", verifier))
+    )
+    assert_oauth_error(failed, "invalid_grant")  # the client authenticated, the grant failed
+    replayed = post_form(
+        env.browser, "/token", with_assertion(confidential, signed, **code_form(code, verifier))
+    )
+    assert_oauth_error(replayed, "invalid_client", 401)
+
+
+def test_a_code_from_a_withdrawn_consent_is_refused(env: Env) -> None:
+    verifier, challenge = pkce()
+    code = get_code(env.browser, env.client_id, challenge)
+    consent_id = env.browser.get("/api/me/consents").json()[0]["consent_id"]
+    revoked = _revoke(env.browser, "api", consent_id, page_csrf(env.browser))
+    assert revoked.status_code == 200
+    before = counts(env.db)
+    assert_oauth_error(redeem(env.browser, env.client_id, code, verifier), "invalid_grant")
+    assert counts(env.db) == before
+
+
 def test_a_failed_revocation_with_a_bad_assertion_revokes_nothing(
     env: Env, confidential: Confidential
 ) -> None:
@@ -1216,12 +1313,6 @@ def test_a_pushed_request_is_bound_to_its_client_and_to_the_first_patient(
     assert counts(env.db) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: /par turns every authorization-parameter error into invalid_request "
-    "(routes.py pushed_authorization_request: `raise InvalidRequest(exc.description)`), "
-    "so invalid_scope / invalid_authorization_details are lost (RFC 9126 §2.3, RFC 9396 §5)",
-)
 @pytest.mark.parametrize(
     ("changes", "error"),
     [SCOPE_ATTACKS["scope imaging"], SCOPE_ATTACKS["details imaging"]],

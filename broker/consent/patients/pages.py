@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from broker.consent.patients import cookies, oidc, service
 from broker.consent.patients.csrf import FIELD as CSRF_FIELD
 from broker.consent.patients.csrf import check_csrf
-from broker.consent.patients.errors import CsrfRejected, ExternalLoginFailed, TooManyAttempts
+from broker.consent.patients.errors import TooManyAttempts
 from broker.consent.patients.models import Patient
 from broker.consent.patients.passwords import HashingBusy, PasswordHashing
 from broker.consent.patients.rendering import page_language, render_page, safe_next
@@ -273,8 +273,6 @@ patient_pages = Router(
 
 __all__ = [
     "PAGE_EXCEPTION_HANDLERS",
-    "CsrfRejected",
-    "ExternalLoginFailed",
     "page_error_handler",
     "patient_pages",
     "patient_state",

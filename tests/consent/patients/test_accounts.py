@@ -203,20 +203,19 @@ def test_activity_keeps_a_session_alive(client: Any, db: sessionmaker[Session], 
         "//evil.example/",
         "/\\evil.example",
         "\\\\evil.example",
+        "/\tevil.example",
         "javascript:alert(1)",
         " /account",
-        "/%0d%0aSet-Cookie:x",
         "http:/evil.example",
         "/account#fragment",
+        "/x\r\nSet-Cookie: a=b",
     ],
 )
 def test_next_accepts_only_a_local_path(client: Any, target: str) -> None:
     sign_up(client)
     response = log_in(client, next=target)
     assert response.status_code == 303
-    location = response.headers["location"]
-    assert location == "/account" or (location.startswith("/") and not location.startswith("//"))
-    assert "evil" not in location or location.startswith("/%")
+    assert response.headers["location"] == "/account"
 
 
 def test_next_keeps_a_local_path_with_its_query(client: Any) -> None:
