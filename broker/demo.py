@@ -139,6 +139,10 @@ def seed_demo(session: Session, settings: Settings) -> None:
         )
     # Demo patients have published passwords: development mode only (they refuse otherwise).
     if settings.dev_mode:
-        seed_demo_patients(session, settings)
+        from broker.consent.service import link_patient
+
+        for patient in seed_demo_patients(session, settings):
+            # The demo holder has no link step of its own yet: the operator import's path.
+            link_patient(session, patient_id=patient.id, holder_id=DEMO_HOLDER_ID, now=now)
     else:
         log.warning("BROKER_DEMO without BROKER_DEV_MODE: the demo patients are not created")

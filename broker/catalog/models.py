@@ -32,7 +32,7 @@ class Holder(Base):
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     approved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
-    category_rows: Mapped[list[HolderCategory]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    category_rows: Mapped[list[HolderCategory]] = relationship(cascade="all, delete-orphan", lazy="select")
 
 
 class HolderCategory(Base):
@@ -72,8 +72,8 @@ class App(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    category_rows: Mapped[list[AppCategory]] = relationship(cascade="all, delete-orphan", lazy="selectin")
-    purpose_rows: Mapped[list[AppPurpose]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+    category_rows: Mapped[list[AppCategory]] = relationship(cascade="all, delete-orphan", lazy="select")
+    purpose_rows: Mapped[list[AppPurpose]] = relationship(cascade="all, delete-orphan", lazy="select")
     term_rows: Mapped[list[AppSearchTerm]] = relationship(cascade="all, delete-orphan", lazy="select")
 
     __table_args__ = (

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from broker.catalog.models import (
     App,
@@ -76,6 +76,8 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
         stmt = stmt.where(
             or_(App.name_key > name_key, and_(App.name_key == name_key, App.client_id > client_id))
         )
+    # The page shows each app's purposes: one extra query for the page, not one per app.
+    stmt = stmt.options(selectinload(App.purpose_rows))
     stmt = stmt.order_by(App.name_key, App.client_id).limit(query.limit)
     return session.scalars(stmt).all()
 
