@@ -21,7 +21,7 @@ from broker.catalog import repository
 from broker.catalog.enforcement import CharterInForce
 from broker.catalog.routes import admin_router, registry_router
 from broker.charter import load_charter
-from broker.consent.pages import consent_pages
+from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
 from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
@@ -203,7 +203,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             registry_router,
             admin_router,
             *oauth_routes,
-            *consent_pages,
+            consent_pages,
+            *patient_api,
             patient_pages,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),
         ],

@@ -3,11 +3,12 @@ and the list of consents with one-click revocation. Server-rendered; no JavaScri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from litestar import Request, Response, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import Redirect
@@ -18,8 +19,14 @@ from broker.catalog.models import App, Holder
 from broker.charter import Charter
 from broker.consent import oauth
 from broker.consent.links import finish_link, start_link, unlink
-from broker.consent.models import AuthorizationRequest
-from broker.consent.patients import check_csrf, login_redirect, patient_from_request, render_page
+from broker.consent.models import AuthorizationRequest, ConsentRecord
+from broker.consent.patients import (
+    PAGE_EXCEPTION_HANDLERS,
+    check_csrf,
+    login_redirect,
+    patient_from_request,
+    render_page,
+)
 from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
 from broker.consent.replay_store import DatabaseReplayCache
@@ -37,6 +44,7 @@ from broker.errors import BrokerError, InvalidRequest
 from broker.http import in_transaction
 
 DURATIONS = (7, 30, 90, 180, 365)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -160,48 +168,101 @@ async def authorize(request: Request[Any, Any, Any], state: State) -> Response[A
     return Redirect(f"/consent/{value}", status_code=303)
 
 
+class LoginRequired(Exception):
+    """No logged-in patient: pages send to the log-in page, the API answers 401."""
+
+
+async def as_patient(
+    request: Request[Any, Any, Any], state: State, work: Callable[[Session, Patient], T]
+) -> T:
+    """``work`` for the logged-in patient, in one unit of work (a worker thread)."""
+
+    def run(session: Session) -> T:
+        patient = patient_from_request(session, request, state.settings)
+        if patient is None:
+            raise LoginRequired
+        return work(session, patient)
+
+    return await in_transaction(state.session_factory, run)
+
+
+async def page_action(
+    request: Request[Any, Any, Any],
+    state: State,
+    work: Callable[[Session, Patient], T],
+    respond: Callable[[T], Response[Any]],
+) -> Response[Any]:
+    """A patient page: log-in first, errors as a readable page, else ``respond``."""
+    try:
+        result = await as_patient(request, state, work)
+    except LoginRequired:
+        return login_redirect(request)
+    except BrokerError as exc:
+        return _page_error(request, exc)
+    return respond(result)
+
+
+async def checked_form(request: Request[Any, Any, Any], state: State) -> Any:
+    """The posted form, after its CSRF token (SECURITY W4)."""
+    form = await request.form()
+    check_csrf(request, state.settings, form.get("csrf_token"))
+    return form
+
+
+def see_other(location: str) -> Callable[[Any], Response[Any]]:
+    return lambda _result: Redirect(location, status_code=303)
+
+
+def _own_request(session: Session, patient: Patient, request_id: str, now: datetime) -> AuthorizationRequest:
+    pending = oauth.pending_request(session, request_id, now)
+    if pending.patient_id != patient.id:
+        raise oauth.AuthorizationPageError("this consent request belongs to another session")
+    return pending
+
+
 @get("/consent/{request_id:str}", include_in_schema=False)
 async def consent_screen(
     request: Request[Any, Any, Any], state: State, request_id: FromPath[str]
 ) -> Response[Any]:
     """What the app is, who runs it, how it is paid for, what it asks and why — before any
     choice (DESIGN step 5, charter art. 06a and 06b)."""
-    settings = state.settings
 
-    def work(session: Session) -> dict[str, Any] | None:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
-        pending = oauth.pending_request(session, request_id, utcnow())
-        if pending.patient_id != patient.id:
-            raise oauth.AuthorizationPageError("this consent request belongs to another session")
+    def work(session: Session, patient: Patient) -> dict[str, Any]:
+        pending = _own_request(session, patient, request_id, utcnow())
         app = session.get(App, pending.client_id)
         assert app is not None
         charter = state.charters.current(session)
         lang = page_language(request)
         choices = _choices(app, charter, pending, lang)
-        holders = _holders(session, patient, pending, {c.category for c in choices})
         manifest = app.client_metadata["charter_manifest"]
-        model = manifest["business_model"]
         return {
             "app": app,
             "manifest": manifest,
             "request_id": pending.id,
-            "business_model_label": charter.business_models[model["model"]].label(lang),
+            "business_model_label": charter.business_models[manifest["business_model"]["model"]].label(lang),
             "choices": choices,
-            "holders": holders,
+            "holders": _holders(session, patient, pending, {c.category for c in choices}),
             "durations": DURATIONS,
             "default_days": MAX_CONSENT_DAYS,
             "patient": patient,
         }
 
-    try:
-        context = await in_transaction(state.session_factory, work)
-    except oauth.AuthorizationPageError as exc:
-        return _page_error(request, exc)
-    if context is None:
-        return login_redirect(request)
-    return render_page(request, "consent/authorize.html", **context)
+    return await page_action(
+        request, state, work, lambda context: render_page(request, "consent/authorize.html", **context)
+    )
+
+
+def _grants(selected: list[Choice], holders: dict[str, Holder], picked: set[str]) -> list[Grant]:
+    """Per ticked holder and purpose, the ticked categories that holder serves."""
+    grants = []
+    for holder_id in sorted(picked):
+        served = set(holders[holder_id].categories)
+        by_purpose: dict[str, list[str]] = {}
+        for choice in selected:
+            if choice.category in served:
+                by_purpose.setdefault(choice.purpose, []).append(choice.category)
+        grants += [Grant(holder_id, purpose, tuple(cats)) for purpose, cats in by_purpose.items()]
+    return grants
 
 
 @post("/consent/{request_id:str}", include_in_schema=False)
@@ -210,17 +271,11 @@ async def consent_decision(
 ) -> Response[Any]:
     """The patient's answer. Both answers go back to the app with a 303 (RFC 9700 §4.12)."""
     settings = state.settings
-    form = await request.form()
-    check_csrf(request, settings, form.get("csrf_token"))
+    form = await checked_form(request, state)
 
-    def work(session: Session) -> str | None:
+    def work(session: Session, patient: Patient) -> str:
         now = utcnow()
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
-        pending = oauth.pending_request(session, request_id, now)
-        if pending.patient_id != patient.id:
-            raise oauth.AuthorizationPageError("this consent request belongs to another session")
+        pending = _own_request(session, patient, request_id, now)
         pending.used_at = now  # one answer per request
         if form.get("decision") != "accept":
             return oauth.authorization_response(
@@ -236,8 +291,7 @@ async def consent_decision(
         charter = state.charters.current(session)
         choices = {c.value: c for c in _choices(app, charter, pending, "fr")}
         picked = set(form.getall("item", []))
-        unknown = picked - set(choices)
-        if unknown:
+        if picked - set(choices):
             raise InvalidRequest("the form names data that this request did not ask for")
         # Required lines are part of the request itself; optional ones only when ticked.
         selected = [c for c in choices.values() if not c.optional or c.value in picked]
@@ -251,19 +305,11 @@ async def consent_decision(
             days = int(form.get("days", ""))
         except ValueError:
             raise InvalidRequest("choose a duration") from None
-        grants = []
-        for holder_id in sorted(picked_holders):
-            served = set(holders[holder_id].categories)
-            by_purpose: dict[str, list[str]] = {}
-            for choice in selected:
-                if choice.category in served:
-                    by_purpose.setdefault(choice.purpose, []).append(choice.category)
-            grants += [Grant(holder_id, purpose, tuple(cats)) for purpose, cats in by_purpose.items()]
         consent = grant_consent(
             session,
             patient_id=patient.id,
             app=app,
-            grants=grants,
+            grants=_grants(selected, holders, picked_holders),
             days=days,
             charter_version=charter.version,
             by=f"patient:{patient.id}",
@@ -276,72 +322,45 @@ async def consent_decision(
             pending.redirect_uri, settings.issuer, code=code, state=pending.state
         )
 
-    try:
-        location = await in_transaction(state.session_factory, work)
-    except (oauth.AuthorizationPageError, InvalidRequest) as exc:
-        return _page_error(request, exc)
-    if location is None:
-        return login_redirect(request)
-    return Redirect(location, status_code=303)
+    return await page_action(request, state, work, lambda location: Redirect(location, status_code=303))
 
 
 @get("/my/consents", include_in_schema=False)
 async def my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    settings = state.settings
-
-    def work(session: Session) -> dict[str, Any] | None:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
+    def work(session: Session, patient: Patient) -> dict[str, Any]:
         now = utcnow()
-        rows = patient_consents(session, patient.id)
         return {
             "patient": patient,
             "now": now,
             "consents": [
                 {"consent": c, "app": a, "active": c.status == "active" and c.expires_at > now}
-                for c, a in rows
+                for c, a in patient_consents(session, patient.id)
             ],
         }
 
-    context = await in_transaction(state.session_factory, work)
-    if context is None:
-        return login_redirect(request)
-    return render_page(request, "consent/my_consents.html", **context)
+    return await page_action(
+        request, state, work, lambda context: render_page(request, "consent/my_consents.html", **context)
+    )
+
+
+def _withdraw(session: Session, patient: Patient, consent_id: str, now: datetime) -> ConsentRecord:
+    consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
+    return revoke_consent(
+        session, consent=consent, by=f"patient:{patient.id}", reason="withdrawn by the patient", now=now
+    )
 
 
 @post("/my/consents/{consent_id:str}/revoke", include_in_schema=False)
 async def revoke_from_page(
     request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
 ) -> Response[Any]:
-    settings = state.settings
-    form = await request.form()
-    check_csrf(request, settings, form.get("csrf_token"))
-
-    def work(session: Session) -> bool:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return False
-        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
-        revoke_consent(
-            session,
-            consent=consent,
-            by=f"patient:{patient.id}",
-            reason="withdrawn by the patient",
-            now=utcnow(),
-        )
-        return True
-
-    try:
-        done = await in_transaction(state.session_factory, work)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    if not done:
-        return login_redirect(request)
-    return Redirect("/my/consents", status_code=303)
+    await checked_form(request, state)
+    return await page_action(
+        request, state, lambda s, p: _withdraw(s, p, consent_id, utcnow()), see_other("/my/consents")
+    )
 
 
-def _consent_json(consent: Any, app: App, now: datetime) -> dict[str, Any]:
+def _consent_json(consent: ConsentRecord, app: App, now: datetime) -> dict[str, Any]:
     return {
         "consent_id": consent.id,
         "client_id": app.client_id,
@@ -354,23 +373,33 @@ def _consent_json(consent: Any, app: App, now: datetime) -> dict[str, Any]:
     }
 
 
-@get("/api/me/consents", tags=["patient"], summary="The logged-in patient's consents")
-async def api_my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    def work(session: Session) -> list[dict[str, Any]] | None:
-        patient = patient_from_request(session, request, state.settings)
-        if patient is None:
-            return None
-        now = utcnow()
-        return [_consent_json(c, a, now) for c, a in patient_consents(session, patient.id)]
-
-    body = await in_transaction(state.session_factory, work)
-    if body is None:
+async def api_action(
+    request: Request[Any, Any, Any], state: State, work: Callable[[Session, Patient], Any]
+) -> Response[Any]:
+    """A patient API call: 401 problem details without a session; errors as problem details."""
+    try:
+        body = await as_patient(request, state, work)
+    except LoginRequired:
         return Response(
-            {"type": "about:blank", "title": "Log in first", "status": 401},
+            {
+                "type": "about:blank",
+                "title": "Log in first",
+                "status": 401,
+                "detail": "this API acts for the logged-in patient: log in at /login",
+            },
             status_code=401,
             media_type="application/problem+json",
         )
     return Response(body, headers={"Cache-Control": "no-store"})
+
+
+@get("/api/me/consents", tags=["patient"], summary="The logged-in patient's consents")
+async def api_my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    def work(session: Session, patient: Patient) -> list[dict[str, Any]]:
+        now = utcnow()
+        return [_consent_json(c, a, now) for c, a in patient_consents(session, patient.id)]
+
+    return await api_action(request, state, work)
 
 
 @post(
@@ -382,41 +411,16 @@ async def api_my_consents(request: Request[Any, Any, Any], state: State) -> Resp
 async def api_revoke(
     request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
 ) -> Response[Any]:
-    settings = state.settings
-    check_csrf(request, settings, request.headers.get("x-csrf-token"))
+    check_csrf(request, state.settings, request.headers.get("x-csrf-token"))
 
-    def work(session: Session) -> dict[str, Any] | None:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
+    def work(session: Session, patient: Patient) -> dict[str, Any]:
         now = utcnow()
-        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
-        revoke_consent(
-            session, consent=consent, by=f"patient:{patient.id}", reason="withdrawn by the patient", now=now
-        )
+        consent = _withdraw(session, patient, consent_id, now)
         app = session.get(App, consent.client_id)
         assert app is not None
         return _consent_json(consent, app, now)
 
-    body = await in_transaction(state.session_factory, work)
-    if body is None:
-        return Response(
-            {"type": "about:blank", "title": "Log in first", "status": 401},
-            status_code=401,
-            media_type="application/problem+json",
-        )
-    return Response(body, headers={"Cache-Control": "no-store"})
-
-
-consent_pages = [
-    authorize,
-    consent_screen,
-    consent_decision,
-    my_consents,
-    revoke_from_page,
-    api_my_consents,
-    api_revoke,
-]
+    return await api_action(request, state, work)
 
 
 # -- my data sources: linking a holder, unlinking it -----------------------------------------
@@ -424,12 +428,7 @@ consent_pages = [
 
 @get("/my/sources", include_in_schema=False)
 async def my_sources(request: Request[Any, Any, Any], state: State) -> Response[Any]:
-    settings = state.settings
-
-    def work(session: Session) -> dict[str, Any] | None:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
+    def work(session: Session, patient: Patient) -> dict[str, Any]:
         linked = {holder.identifier: link for link, holder in active_links(session, patient.id)}
         holders = session.scalars(
             select(Holder).where(Holder.status == "approved").order_by(Holder.legal_name)
@@ -439,10 +438,9 @@ async def my_sources(request: Request[Any, Any, Any], state: State) -> Response[
             "sources": [{"holder": h, "link": linked.get(h.identifier)} for h in holders],
         }
 
-    context = await in_transaction(state.session_factory, work)
-    if context is None:
-        return login_redirect(request)
-    return render_page(request, "consent/my_sources.html", **context)
+    return await page_action(
+        request, state, work, lambda context: render_page(request, "consent/my_sources.html", **context)
+    )
 
 
 @post("/my/sources/{holder_id:str}/link", include_in_schema=False)
@@ -450,13 +448,9 @@ async def link_source(
     request: Request[Any, Any, Any], state: State, holder_id: FromPath[str]
 ) -> Response[Any]:
     settings = state.settings
-    form = await request.form()
-    check_csrf(request, settings, form.get("csrf_token"))
+    await checked_form(request, state)
 
-    def work(session: Session) -> str | None:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return None
+    def work(session: Session, patient: Patient) -> str:
         return start_link(
             session,
             patient_id=patient.id,
@@ -466,13 +460,7 @@ async def link_source(
             now=utcnow(),
         )
 
-    try:
-        location = await in_transaction(state.session_factory, work)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    if location is None:
-        return login_redirect(request)
-    return Redirect(location, status_code=303)
+    return await page_action(request, state, work, lambda location: Redirect(location, status_code=303))
 
 
 @get("/my/sources/callback", include_in_schema=False)
@@ -480,10 +468,7 @@ async def link_callback(request: Request[Any, Any, Any], state: State) -> Respon
     settings = state.settings
     query = request.query_params
 
-    def work(session: Session) -> bool:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return False
+    def work(session: Session, patient: Patient) -> None:
         now = utcnow()
         finish_link(
             session,
@@ -495,39 +480,35 @@ async def link_callback(request: Request[Any, Any, Any], state: State) -> Respon
             replay=DatabaseReplayCache(state.session_factory, now),
             now=now,
         )
-        return True
 
-    try:
-        done = await in_transaction(state.session_factory, work)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    if not done:
-        return login_redirect(request)
-    return Redirect("/my/sources", status_code=303)
+    return await page_action(request, state, work, see_other("/my/sources"))
 
 
 @post("/my/sources/{holder_id:str}/unlink", include_in_schema=False)
 async def unlink_source(
     request: Request[Any, Any, Any], state: State, holder_id: FromPath[str]
 ) -> Response[Any]:
-    settings = state.settings
-    form = await request.form()
-    check_csrf(request, settings, form.get("csrf_token"))
-
-    def work(session: Session) -> bool:
-        patient = patient_from_request(session, request, settings)
-        if patient is None:
-            return False
-        unlink(session, patient_id=patient.id, holder_id=holder_id)
-        return True
-
-    try:
-        done = await in_transaction(state.session_factory, work)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    if not done:
-        return login_redirect(request)
-    return Redirect("/my/sources", status_code=303)
+    await checked_form(request, state)
+    return await page_action(
+        request, state, lambda s, p: unlink(s, patient_id=p.id, holder_id=holder_id), see_other("/my/sources")
+    )
 
 
-consent_pages += [my_sources, link_source, link_callback, unlink_source]
+consent_pages = Router(
+    path="/",
+    route_handlers=[
+        authorize,
+        consent_screen,
+        consent_decision,
+        my_consents,
+        revoke_from_page,
+        my_sources,
+        link_source,
+        link_callback,
+        unlink_source,
+    ],
+    # A refused CSRF token or a malformed form on these pages is a readable page, not JSON.
+    exception_handlers=PAGE_EXCEPTION_HANDLERS,
+    include_in_schema=False,
+)
+patient_api = [api_my_consents, api_revoke]
