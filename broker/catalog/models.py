@@ -77,8 +77,9 @@ class App(Base):
     term_rows: Mapped[list[AppSearchTerm]] = relationship(cascade="all, delete-orphan", lazy="select")
 
     __table_args__ = (
-        # The catalog lists by status in a stated neutral order: folded name, then id.
-        Index("ix_apps_status_name", "status", "name_key", "client_id"),
+        # The catalog lists by status in a stated neutral order: folded name, then id; the two
+        # filters kept on the row ride along, so that a page's ids come from this index alone.
+        Index("ix_apps_status_name", "status", "name_key", "client_id", "business_model", "data_leaves_eu"),
     )
 
 

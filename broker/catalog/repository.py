@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, intersect, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from broker.catalog.models import (
@@ -39,17 +39,22 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
     Keyset pagination: a page starts strictly after the last (name, id) of the previous one,
     so pages stay stable while apps are registered or removed in between.
     """
-    stmt = select(App).where(App.status.in_(query.statuses))
+    # Two steps: the page's ids from a narrow query, which the indexes alone can answer (the
+    # status-name index carries the order), then the page's rows. Selecting the wide rows
+    # directly leads PostgreSQL to walk every app in name order and test each one.
+    stmt = select(App.client_id).where(App.status.in_(query.statuses))
     # Each filter is an IN over an indexed table, so a selective filter drives the query.
-    for word in query.words:
-        # Prefix match on whole words: "glyc" finds "glycemie"; a range on the primary key.
-        stmt = stmt.where(
-            App.client_id.in_(
-                select(AppSearchTerm.client_id).where(
-                    AppSearchTerm.term >= word, AppSearchTerm.term < word + "\uffff"
-                )
+    if query.words:
+        # Prefix match on whole words ("glyc" finds "glycemie"), each a range on the primary
+        # key; the words' app sets are intersected on their own.
+        matches = [
+            select(AppSearchTerm.client_id).where(
+                AppSearchTerm.term >= word, AppSearchTerm.term < word + "\uffff"
             )
-        )
+            for word in query.words
+        ]
+        matched = matches[0] if len(matches) == 1 else intersect(*matches)
+        stmt = stmt.where(App.client_id.in_(matched))
     for category in query.categories:
         stmt = stmt.where(
             App.client_id.in_(select(AppCategory.client_id).where(AppCategory.category == category))
@@ -76,10 +81,15 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
         stmt = stmt.where(
             or_(App.name_key > name_key, and_(App.name_key == name_key, App.client_id > client_id))
         )
+    ids = session.scalars(stmt.order_by(App.name_key, App.client_id).limit(query.limit)).all()
+    if not ids:
+        return []
     # The page shows each app's purposes: one extra query for the page, not one per app.
-    stmt = stmt.options(selectinload(App.purpose_rows))
-    stmt = stmt.order_by(App.name_key, App.client_id).limit(query.limit)
-    return session.scalars(stmt).all()
+    rows = session.scalars(
+        select(App).where(App.client_id.in_(ids)).options(selectinload(App.purpose_rows))
+    ).all()
+    by_id = {app.client_id: app for app in rows}
+    return [by_id[client_id] for client_id in ids]
 
 
 def get_app(session: Session, client_id: str) -> App | None:

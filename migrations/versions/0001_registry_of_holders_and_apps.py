@@ -41,7 +41,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("name_key", name=op.f("uq_apps_name_key")),
     )
     with op.batch_alter_table("apps", schema=None) as batch_op:
-        batch_op.create_index("ix_apps_status_name", ["status", "name_key", "client_id"], unique=False)
+        batch_op.create_index(
+            "ix_apps_status_name",
+            ["status", "name_key", "client_id", "business_model", "data_leaves_eu"],
+            unique=False,
+        )
 
     op.create_table(
         "charter_versions",
