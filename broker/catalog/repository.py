@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, exists, intersect, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from broker.catalog.models import (
     App,
@@ -84,10 +84,7 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
     ids = session.scalars(stmt.order_by(App.name_key, App.client_id).limit(query.limit)).all()
     if not ids:
         return []
-    # The page shows each app's purposes: one extra query for the page, not one per app.
-    rows = session.scalars(
-        select(App).where(App.client_id.in_(ids)).options(selectinload(App.purpose_rows))
-    ).all()
+    rows = session.scalars(select(App).where(App.client_id.in_(ids))).all()
     by_id = {app.client_id: app for app in rows}
     return [by_id[client_id] for client_id in ids]
 

@@ -432,8 +432,7 @@ def app_summary(app: App, charter: Charter) -> dict[str, Any]:
             "label": _labels(charter.business_models, app.business_model),
         },
         "purposes": [
-            {"id": row.purpose, "label": _labels(charter.purposes, row.purpose)}
-            for row in sorted(app.purpose_rows, key=lambda r: r.purpose)
+            {"id": p["id"], "label": _labels(charter.purposes, p["id"])} for p in manifest["purposes"]
         ],
         "categories": sorted(r["category"] for r in manifest["data_requests"]),
         "data_leaves_eu": app.data_leaves_eu,
