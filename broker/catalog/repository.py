@@ -81,12 +81,11 @@ def search_apps(session: Session, query: CatalogQuery) -> Sequence[App]:
         stmt = stmt.where(
             or_(App.name_key > name_key, and_(App.name_key == name_key, App.client_id > client_id))
         )
-    ids = session.scalars(stmt.order_by(App.name_key, App.client_id).limit(query.limit)).all()
-    if not ids:
-        return []
-    rows = session.scalars(select(App).where(App.client_id.in_(ids))).all()
-    by_id = {app.client_id: app for app in rows}
-    return [by_id[client_id] for client_id in ids]
+    # The LIMITed id query is a subquery the planner keeps whole: one round trip for both steps.
+    page = stmt.order_by(App.name_key, App.client_id).limit(query.limit).subquery()
+    return session.scalars(
+        select(App).join(page, page.c.client_id == App.client_id).order_by(App.name_key, App.client_id)
+    ).all()
 
 
 def get_app(session: Session, client_id: str) -> App | None:
