@@ -396,8 +396,9 @@ def _access_token(
     return ctx.keystore.sign(claims, typ="at+jwt"), grants
 
 
-def _refresh_token(session: Session, ctx: TokenContext, consent: ConsentRecord, family_id: str) -> str:
-    token = new_secret("hcb_rt")
+def _store_refresh_token(
+    session: Session, ctx: TokenContext, consent: ConsentRecord, family_id: str, token: str
+) -> str:
     session.add(
         RefreshToken(
             token_hash=secret_digest(ctx.settings.secret_key, token),
@@ -484,11 +485,14 @@ def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, ap
     _check_consent_usable(consent, app, ctx.now)
     holder = _select_holder(session, consent, form.get("resource"))
     family_id = "fam_" + secrets.token_urlsafe(16)
+    refresh = new_secret("hcb_rt")
+    # Everything is read and signed first; the writes come last, so that the write lock
+    # (SQLite's is database-wide) is held only for them and the commit.
+    body = _token_response(session, ctx, consent, app, holder, refresh)
     row.used_at = ctx.now
     row.family_id = family_id
-    return _token_response(
-        session, ctx, consent, app, holder, _refresh_token(session, ctx, consent, family_id)
-    )
+    _store_refresh_token(session, ctx, consent, family_id, refresh)
+    return body
 
 
 def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: App) -> dict[str, Any]:
@@ -515,10 +519,11 @@ def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext,
         raise InvalidGrant("this refresh token is bound to a DPoP key: send a proof of it")
     _check_consent_usable(consent, app, ctx.now)
     holder = _select_holder(session, consent, form.get("resource"))
+    refresh = new_secret("hcb_rt")
+    body = _token_response(session, ctx, consent, app, holder, refresh)  # reads first, as above
     row.used_at = ctx.now
-    return _token_response(
-        session, ctx, consent, app, holder, _refresh_token(session, ctx, consent, row.family_id)
-    )
+    _store_refresh_token(session, ctx, consent, row.family_id, refresh)
+    return body
 
 
 def introspect_token(

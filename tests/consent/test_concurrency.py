@@ -34,6 +34,7 @@ from broker.consent.service import (
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.errors import InvalidGrant
 from broker.keys import KeyStore
+from broker.opaque import new_secret
 from tests.factories import app_registration, holder_declaration
 
 ROUNDS = 15
@@ -171,7 +172,9 @@ def test_refresh_racing_revoke(pg: Any, settings: Any) -> None:
         with transaction(factory) as session:
             consent = session.get(ConsentRecord, consent_id)
             ctx = oauth.TokenContext(settings=settings, keystore=keystore, now=utcnow(), authenticate=None)
-            refresh = oauth._refresh_token(session, ctx, consent, "fam_" + secrets.token_hex(4))
+            refresh = oauth._store_refresh_token(
+                session, ctx, consent, "fam_" + secrets.token_hex(4), new_secret("hcb_rt")
+            )
 
         def do_refresh(refresh: str = refresh) -> Any:
             with transaction(factory) as session:
