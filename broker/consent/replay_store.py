@@ -28,13 +28,11 @@ class DatabaseReplayCache:
         key = key[:300]
         try:
             with transaction(self.factory) as session:
-                session.execute(delete(UsedJti).where(UsedJti.key == key, UsedJti.expires_at <= self.now))
+                # Expired records go as new ones come (an index range on expires_at, usually
+                # empty), so the table holds only what can still be replayed.
+                session.execute(delete(UsedJti).where(UsedJti.expires_at <= self.now))
                 session.add(UsedJti(key=key, expires_at=expires_at))
         except IntegrityError:
             return False
         return True
 
-
-def purge_expired(session: Session, now: datetime) -> int:
-    result = session.execute(delete(UsedJti).where(UsedJti.expires_at <= now))
-    return int(getattr(result, "rowcount", 0) or 0)
