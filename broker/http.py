@@ -15,6 +15,9 @@ from broker.errors import BrokerError
 
 T = TypeVar("T")
 
+# Answers that carry secrets or one patient's data are never cached (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
 
 class UnsupportedMediaType(BrokerError):
     status = 415

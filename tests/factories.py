@@ -39,3 +39,32 @@ def holder_declaration(identifier: str = "labo-test", **changes: Any) -> dict[st
     }
     body.update(copy.deepcopy(changes))
     return body
+
+
+# Two approved holders: a lab (lab results, identity) and a pharmacy (lab results, medications).
+TWO_HOLDERS = {
+    "labo-test": "https://labo-test.example/fhir",
+    "pharma-test": "https://pharma-test.example/fhir",
+}
+
+
+def seed_two_holders(session: Any, charter: Any, now: Any) -> dict[str, str]:
+    """Register and approve ``TWO_HOLDERS``; returns identifier → API base URL."""
+    from broker.catalog import service
+
+    service.add_holder(session, body=holder_declaration("labo-test"), charter=charter, dev_mode=True, now=now)
+    service.add_holder(
+        session,
+        body=holder_declaration(
+            "pharma-test",
+            legal_name="Pharmacie Test",
+            base_url=TWO_HOLDERS["pharma-test"],
+            categories=["lab_results", "medications"],
+        ),
+        charter=charter,
+        dev_mode=True,
+        now=now,
+    )
+    for identifier in TWO_HOLDERS:
+        service.approve_holder(session, identifier=identifier, operator="test", now=now)
+    return dict(TWO_HOLDERS)

@@ -13,10 +13,7 @@ from broker.catalog import enforcement, service
 from broker.catalog.operators import authenticate_operator
 from broker.db import utcnow
 from broker.errors import InvalidRequest
-from broker.http import bearer_token, in_transaction, json_body
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
+from broker.http import NO_STORE, bearer_token, in_transaction, json_body
 
 # -- RFC 7591 / RFC 7592 -----------------------------------------------------------------
 

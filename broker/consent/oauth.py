@@ -34,6 +34,7 @@ from broker.consent.models import (
     HolderLink,
     RefreshToken,
 )
+from broker.consent.proofs import JoseError, verify_jwt
 from broker.consent.service import VALID, effective_status, reissue_status_entry, status_reference
 from broker.db import KeepChanges
 from broker.errors import (
@@ -532,8 +533,6 @@ def introspect_token(
     """RFC 7662 §2.2 for a holder: ``active`` only for a well-signed, unexpired token meant
     for this holder whose consent is in force and whose app is approved — not merely for a
     good signature, as authlib's JWT introspection would answer."""
-    from broker.consent.proofs import JoseError, verify_jwt
-
     inactive = {"active": False}
     keystore.refresh()
     try:

@@ -41,7 +41,7 @@ from broker.consent.service import (
 )
 from broker.db import utcnow
 from broker.errors import BrokerError, InvalidRequest
-from broker.http import in_transaction
+from broker.http import NO_STORE, in_transaction
 
 DURATIONS = (7, 30, 90, 180, 365)
 T = TypeVar("T")
@@ -390,7 +390,7 @@ async def api_action(
             status_code=401,
             media_type="application/problem+json",
         )
-    return Response(body, headers={"Cache-Control": "no-store"})
+    return Response(body, headers=NO_STORE)
 
 
 @get("/api/me/consents", tags=["patient"], summary="The logged-in patient's consents")

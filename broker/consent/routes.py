@@ -21,9 +21,8 @@ from broker.consent.service import LIST_SIZE, status_list_values
 from broker.consent.status_list import StatusList, status_list_token
 from broker.db import utcnow
 from broker.errors import InvalidClient, InvalidDPoPProof, InvalidRequest
-from broker.http import in_transaction
+from broker.http import NO_STORE, in_transaction
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # How long a holder may cache a status list: the delay before a revocation reaches a holder
 # that does not use the push stream (DESIGN step 9).
 STATUS_TTL = timedelta(seconds=30)

@@ -57,14 +57,11 @@ from broker.consent.service import link_patient
 from broker.consent.status_list import StatusList
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.settings import Settings
-from tests.factories import app_registration, holder_declaration
+from tests.factories import TWO_HOLDERS, app_registration, seed_two_holders
 
 PASSWORD = "une phrase de passe assez longue pour les attaques"
 REDIRECT = "https://glycemie.example/callback"
-HOLDERS = {
-    "labo-test": "https://labo-test.example/fhir",
-    "pharma-test": "https://pharma-test.example/fhir",
-}
+HOLDERS = TWO_HOLDERS
 GAELLE, BRUNO = "gaelle@example.org", "bruno@example.org"
 CHARTER_V2 = Path(__file__).resolve().parent.parent / "charter" / "data" / "charter-2.0.json"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -126,23 +123,7 @@ def env(client: TestClient[Any], settings: Settings) -> Iterator[Env]:
     with transaction(db) as session:
         now = utcnow()
         charter = CharterInForce(settings.charter_version).current(session)
-        catalog.add_holder(
-            session, body=holder_declaration("labo-test"), charter=charter, dev_mode=True, now=now
-        )
-        catalog.add_holder(
-            session,
-            body=holder_declaration(
-                "pharma-test",
-                legal_name="Pharmacie Test",
-                base_url=HOLDERS["pharma-test"],
-                categories=["lab_results", "medications"],
-            ),
-            charter=charter,
-            dev_mode=True,
-            now=now,
-        )
-        for identifier in HOLDERS:
-            catalog.approve_holder(session, identifier=identifier, operator="test", now=now)
+        seed_two_holders(session, charter, now)
         for email, name in ((GAELLE, "Gaëlle"), (BRUNO, "Bruno")):
             patient = create_local_account(
                 session,

@@ -32,7 +32,7 @@ from broker.charter import load_charter
 from broker.consent.patients.service import create_local_account
 from broker.consent.service import link_patient
 from broker.db import make_engine, make_session_factory, transaction, utcnow
-from tests.factories import app_registration, holder_declaration
+from tests.factories import TWO_HOLDERS, app_registration, seed_two_holders
 
 PASSWORD = "une phrase de passe assez longue pour le test"
 
@@ -61,29 +61,10 @@ def world(settings: Any, tmp_path: Any) -> Iterator[World]:
     charter = load_charter()
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    holders = {
-        "labo-test": "https://labo-test.example/fhir",
-        "pharma-test": "https://pharma-test.example/fhir",
-    }
+    holders = dict(TWO_HOLDERS)
     with transaction(factory) as session:
         now = utcnow()
-        catalog.add_holder(
-            session, body=holder_declaration("labo-test"), charter=charter, dev_mode=True, now=now
-        )
-        catalog.add_holder(
-            session,
-            body=holder_declaration(
-                "pharma-test",
-                legal_name="Pharmacie Test",
-                base_url=holders["pharma-test"],
-                categories=["lab_results", "medications"],
-            ),
-            charter=charter,
-            dev_mode=True,
-            now=now,
-        )
-        for identifier in holders:
-            catalog.approve_holder(session, identifier=identifier, operator="test", now=now)
+        seed_two_holders(session, charter, now)
         registered = catalog.register_app(
             session,
             body=app_registration(redirect_uris=[redirect_uri]),
