@@ -1,0 +1,1 @@
+"""The audit log: typed events, a Merkle tree over them, signed checkpoints, proofs."""
