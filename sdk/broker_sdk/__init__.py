@@ -1,0 +1,52 @@
+"""SDK of the health consent broker.
+
+For holders: :class:`HolderVerifier` (and :func:`verify_token`, :class:`BrokerAuthMiddleware`)
+checks broker access tokens; :class:`ReceiptSender` reports each release to the broker;
+:mod:`broker_sdk.link` is the holder's side of the patient link step. For apps:
+:class:`AppClient` registers, asks for consent, gets and refreshes tokens and calls holders.
+"""
+
+from broker_sdk.dpop import DPoPKey, MemoryReplayCache, ReplayCache
+from broker_sdk.errors import (
+    AppSuspended,
+    BrokerSDKError,
+    BrokerUnavailable,
+    BrokerUnreachable,
+    ClientError,
+    ConsentRevoked,
+    DPoPProofInvalid,
+    InsufficientScope,
+    OAuthError,
+    ReceiptRejected,
+    TokenExpired,
+    TokenInvalid,
+    TokenRevoked,
+    VerificationError,
+)
+from broker_sdk.verifier import HolderVerifier, VerifiedToken, verify_token
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppSuspended",
+    "BrokerSDKError",
+    "BrokerUnavailable",
+    "BrokerUnreachable",
+    "ClientError",
+    "ConsentRevoked",
+    "DPoPKey",
+    "DPoPProofInvalid",
+    "HolderVerifier",
+    "InsufficientScope",
+    "MemoryReplayCache",
+    "OAuthError",
+    "ReceiptRejected",
+    "ReplayCache",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenRevoked",
+    "VerificationError",
+    "VerifiedToken",
+    "__version__",
+    "verify_token",
+]
