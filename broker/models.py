@@ -1,5 +1,6 @@
 """Every table of the broker, gathered for Alembic and the schema test."""
 
+from broker.audit import models as audit_models
 from broker.catalog import models as catalog_models
 from broker.consent import models as consent_models
 from broker.consent.patients import models as patient_models
@@ -7,4 +8,4 @@ from broker.db import Base
 
 metadata = Base.metadata
 
-__all__ = ["catalog_models", "consent_models", "metadata", "patient_models"]
+__all__ = ["audit_models", "catalog_models", "consent_models", "metadata", "patient_models"]

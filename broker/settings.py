@@ -132,6 +132,10 @@ class Settings:
     oidc_name: str = "FranceConnect"
     #: BROKER_OIDC_SCOPES — scopes asked of the provider, separated by spaces; ``openid`` first.
     oidc_scopes: str = "openid"
+    #: BROKER_AUDIT_INTERVAL — seconds between two runs of the audit log's sequencer in each
+    #: broker process (it places new events in the tree and signs a checkpoint); 0: never in
+    #: the background, only on demand (proofs, ``broker audit sequence``).
+    audit_interval: int = 5
 
     @property
     def oidc_enabled(self) -> bool:
@@ -202,6 +206,7 @@ class Settings:
             oidc_client_secret=oidc_client_secret,
             oidc_name=env.get("BROKER_OIDC_NAME", "").strip() or "FranceConnect",
             oidc_scopes=scopes,
+            audit_interval=_int(env, "BROKER_AUDIT_INTERVAL", 5, 0, 3600),
         )
 
 

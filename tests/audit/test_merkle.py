@@ -198,3 +198,18 @@ def test_compact_range_gives_every_root(sizes: list[int]) -> None:
         assert compact.root() == root_hash(hashes[:done])
         # What the log stores between two runs gives the same tree back.
         compact = CompactRange.from_bytes(compact.size, compact.to_bytes())
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(1, 300), data=st.data())
+def test_the_cached_tree_gives_the_same_proofs(size: int, data: st.DataObject) -> None:
+    from broker.audit.merkle import MerkleTree
+
+    hashes = [leaf_hash(d) for d in _data(size)]
+    tree = MerkleTree(hashes)
+    smaller = data.draw(st.integers(1, size))
+    index = data.draw(st.integers(0, smaller - 1))
+    first = data.draw(st.integers(1, smaller))
+    assert tree.root(smaller) == root_hash(hashes[:smaller])
+    assert tree.inclusion_proof(index, smaller) == inclusion_proof(hashes[:smaller], index)
+    assert tree.consistency_proof(first, smaller) == consistency_proof(hashes[:smaller], first)
