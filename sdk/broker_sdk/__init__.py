@@ -6,6 +6,7 @@ checks broker access tokens; :class:`ReceiptSender` reports each release to the 
 :class:`AppClient` registers, asks for consent, gets and refreshes tokens and calls holders.
 """
 
+from broker_sdk.asgi import BrokerAuthMiddleware
 from broker_sdk.dpop import DPoPKey, MemoryReplayCache, ReplayCache
 from broker_sdk.errors import (
     AppSuspended,
@@ -23,12 +24,22 @@ from broker_sdk.errors import (
     TokenRevoked,
     VerificationError,
 )
+from broker_sdk.link import (
+    LinkRequest,
+    LinkRequestError,
+    link_response,
+    link_token,
+    new_handle,
+    parse_link_request,
+)
+from broker_sdk.receipts import DeliveryReport, ReceiptSender
 from broker_sdk.verifier import HolderVerifier, VerifiedToken, verify_token
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AppSuspended",
+    "BrokerAuthMiddleware",
     "BrokerSDKError",
     "BrokerUnavailable",
     "BrokerUnreachable",
@@ -36,11 +47,15 @@ __all__ = [
     "ConsentRevoked",
     "DPoPKey",
     "DPoPProofInvalid",
+    "DeliveryReport",
     "HolderVerifier",
     "InsufficientScope",
+    "LinkRequest",
+    "LinkRequestError",
     "MemoryReplayCache",
     "OAuthError",
     "ReceiptRejected",
+    "ReceiptSender",
     "ReplayCache",
     "TokenExpired",
     "TokenInvalid",
@@ -48,5 +63,9 @@ __all__ = [
     "VerificationError",
     "VerifiedToken",
     "__version__",
+    "link_response",
+    "link_token",
+    "new_handle",
+    "parse_link_request",
     "verify_token",
 ]

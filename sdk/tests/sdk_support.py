@@ -327,7 +327,7 @@ Handler = Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str],
 class LocalServer:
     """A loopback HTTP server whose answers a test decides; it records every request."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, port: int = 0) -> None:
         self.handler = handler
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         outer = self
@@ -351,7 +351,7 @@ class LocalServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
