@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The broker, the two demo holders and the demo app (examples/), each its own process.
 run: $(STAMP)
 	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/broker migrate
-	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/broker serve
+	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/python -m examples.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench migrations
+	$(BIN)/ruff check broker tests bench migrations examples
 	$(BIN)/mypy broker
 
 test: $(STAMP) lint

@@ -1,16 +1,18 @@
-"""The demo: a demo holder and a demo app, so that a newcomer can try the broker at once.
+"""The demo: two demo holders and a demo app, so that a newcomer can try the broker at once.
 
+The holders and the app run as their own servers (``examples/``; ``make run`` starts them all).
 Seeding is idempotent: `make run` may start the broker any number of times.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from jwcrypto import jwk
 from sqlalchemy.orm import Session
 
 from broker.catalog import repository, service
@@ -91,19 +93,91 @@ DEMO_APP: dict[str, Any] = {
 }
 
 
-def _demo_holder_key(settings: Settings) -> dict[str, Any]:
-    """The demo holder's receipt-signing key, kept beside the broker's keys (private 0600)."""
-    path = settings.key_dir / "demo-holder.jwk"
-    if not path.exists():
-        settings.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = jwk.JWK.generate(kty="EC", crv="P-256")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key.export_private())
-    key = jwk.JWK.from_json(path.read_text())
-    public: dict[str, Any] = key.export_public(as_dict=True)
-    public.update(kid=key.thumbprint(), alg="ES256", use="sig")
-    return public
+# What the demo app seeded by ``make run`` declares beyond DEMO_APP (which tests use as their
+# compliant base): the reimbursements the demo insurer serves, optional, for a second purpose.
+DEMO_APP_SEEDED: dict[str, Any] = copy.deepcopy(DEMO_APP)
+DEMO_APP_SEEDED["charter_manifest"]["purposes"].append(
+    {
+        "id": "health_budget",
+        "description": "Voir ce que coûte votre suivi et ce qui vous est remboursé.",
+    }
+)
+DEMO_APP_SEEDED["charter_manifest"]["data_requests"].append(
+    {
+        "category": "reimbursements",
+        "purpose": "health_budget",
+        "optional": True,
+        "justification": "Les remboursements de vos analyses et consultations, pour le coût de votre suivi.",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DemoHolder:
+    identifier: str
+    legal_name: str
+    origin: str  # where the example server listens (examples/lab_holder, examples/insurer_holder)
+    categories: tuple[str, ...]
+
+    def document(self, jwks: dict[str, Any] | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "identifier": self.identifier,
+            "legal_name": self.legal_name,
+            "base_url": f"{self.origin}/fhir",
+            "categories": list(self.categories),
+            "release_step_categories": [],
+            "link_endpoint": f"{self.origin}/link",
+        }
+        if jwks is not None:
+            body["jwks"] = jwks
+        else:
+            # The example has not made its key yet: its published JWKS stands in until the
+            # next start finds the file (the link step and receipts need the key itself).
+            body["jwks_uri"] = f"{self.origin}/.well-known/jwks.json"
+        return body
+
+
+DEMO_HOLDERS = (
+    DemoHolder("labo-demo", "Laboratoire Démo", "http://127.0.0.1:8002", ("lab_results", "identity")),
+    DemoHolder("assurance-demo", "Assurance Démo", "http://127.0.0.1:8003", ("reimbursements",)),
+)
+
+
+def examples_dir(settings: Settings) -> Path:
+    """Where the example holders keep their keys: ``var/examples`` beside ``var/keys``."""
+    return settings.key_dir.parent / "examples"
+
+
+def _public_jwks(settings: Settings, holder_id: str) -> dict[str, Any] | None:
+    """The public JWKS the example holder wrote beside its private key (never the key itself).
+
+    Each example holder owns its signing key (``var/examples/<id>/signing-key.jwk``, 0600) and
+    writes the public half as ``jwks.json``; the broker reads that file only.
+    """
+    path = examples_dir(settings) / holder_id / "jwks.json"
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or any(not isinstance(k, dict) or "d" in k for k in keys):
+        log.warning("%s is not a public JWKS: ignored", path)
+        return None
+    return {"keys": keys}
+
+
+def _seed_holder(session: Session, settings: Settings, holder: DemoHolder, charter: Any, now: Any) -> None:
+    jwks = _public_jwks(settings, holder.identifier)
+    existing = repository.get_holder(session, holder.identifier)
+    if existing is None:
+        service.add_holder(session, body=holder.document(jwks), charter=charter, dev_mode=True, now=now)
+        service.approve_holder(session, identifier=holder.identifier, operator="demo", now=now)
+        return
+    # Seeding runs at every start: follow the example's key if it was made (or remade) since.
+    if jwks is not None and existing.jwks != jwks:
+        existing.jwks = jwks
+        existing.jwks_uri = None
+    if existing.link_endpoint is None:
+        existing.link_endpoint = f"{holder.origin}/link"
 
 
 def seed_demo(session: Session, settings: Settings) -> None:
@@ -112,37 +186,33 @@ def seed_demo(session: Session, settings: Settings) -> None:
 
     now = utcnow()
     charter = CharterInForce(settings.charter_version).current(session)
-    if repository.get_holder(session, DEMO_HOLDER_ID) is None:
-        service.add_holder(
+    for holder in DEMO_HOLDERS:
+        _seed_holder(session, settings, holder, charter, now)
+    app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
+    if app is None:
+        service.register_app(
             session,
-            body={
-                "identifier": DEMO_HOLDER_ID,
-                "legal_name": "Laboratoire Démo",
-                "base_url": "http://127.0.0.1:8002/fhir",
-                "categories": ["lab_results", "identity"],
-                "release_step_categories": [],
-                "jwks": {"keys": [_demo_holder_key(settings)]},
-            },
+            body=copy.deepcopy(DEMO_APP_SEEDED),
             charter=charter,
+            secret_key=settings.secret_key,
             dev_mode=True,
             now=now,
         )
-        service.approve_holder(session, identifier=DEMO_HOLDER_ID, operator="demo", now=now)
-    if repository.app_by_name_key(session, fold(DEMO_APP_NAME)) is None:
-        service.register_app(
+    elif app.client_metadata.get("charter_manifest") != DEMO_APP_SEEDED["charter_manifest"]:
+        # A database seeded by an older version: bring the demo app's manifest up to date.
+        service.update_app(
             session,
-            body=copy.deepcopy(DEMO_APP),
+            app=app,
+            body={**copy.deepcopy(DEMO_APP_SEEDED), "client_id": app.client_id},
             charter=charter,
             secret_key=settings.secret_key,
             dev_mode=True,
             now=now,
         )
     # Demo patients have published passwords: development mode only (they refuse otherwise).
+    # They are not linked to the demo holders here: linking is the patient's first step, done
+    # at the holder's own log-in page (examples/lab_holder), which gives the broker a handle.
     if settings.dev_mode:
-        from broker.consent.service import link_patient
-
-        for patient in seed_demo_patients(session, settings):
-            # The demo holder has no link step of its own yet: the operator import's path.
-            link_patient(session, patient_id=patient.id, holder_id=DEMO_HOLDER_ID, now=now)
+        seed_demo_patients(session, settings)
     else:
         log.warning("BROKER_DEMO without BROKER_DEV_MODE: the demo patients are not created")

@@ -61,7 +61,10 @@ def test_run_serves_within_seconds_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/jwks.json").json()["keys"]
         catalog = httpx.get(f"{base}/api/catalog/apps").json()
         assert [a["client_name"] for a in catalog["items"]] == ["Suivi Glycémie"]
-        assert [h["identifier"] for h in httpx.get(f"{base}/api/catalog/holders").json()] == ["labo-demo"]
+        assert sorted(h["identifier"] for h in httpx.get(f"{base}/api/catalog/holders").json()) == [
+            "assurance-demo",
+            "labo-demo",
+        ]
         print(f"ready after {ready_after:.2f} s")
     finally:
         server.send_signal(signal.SIGINT)

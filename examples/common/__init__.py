@@ -1,0 +1,1 @@
+"""What the example servers share: key files, deterministic values, page layout, serving."""

@@ -1,0 +1,1 @@
+"""A demo health insurer (``assurance-demo``): reimbursements as FHIR R4 ExplanationOfBenefit."""

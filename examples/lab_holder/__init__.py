@@ -1,0 +1,1 @@
+"""A demo laboratory (``labo-demo``): FHIR R4 Observations behind broker tokens."""
