@@ -6,6 +6,16 @@ checks broker access tokens; :class:`ReceiptSender` reports each release to the 
 :class:`AppClient` registers, asks for consent, gets and refreshes tokens and calls holders.
 """
 
+from broker_sdk.app import (
+    AccessToken,
+    AppClient,
+    AuthorizationRequest,
+    Grant,
+    HolderGrant,
+    Registration,
+    Verdict,
+    load_manifest,
+)
 from broker_sdk.asgi import BrokerAuthMiddleware
 from broker_sdk.dpop import DPoPKey, MemoryReplayCache, ReplayCache
 from broker_sdk.errors import (
@@ -38,7 +48,10 @@ from broker_sdk.verifier import HolderVerifier, VerifiedToken, verify_token
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessToken",
+    "AppClient",
     "AppSuspended",
+    "AuthorizationRequest",
     "BrokerAuthMiddleware",
     "BrokerSDKError",
     "BrokerUnavailable",
@@ -48,6 +61,8 @@ __all__ = [
     "DPoPKey",
     "DPoPProofInvalid",
     "DeliveryReport",
+    "Grant",
+    "HolderGrant",
     "HolderVerifier",
     "InsufficientScope",
     "LinkRequest",
@@ -56,15 +71,18 @@ __all__ = [
     "OAuthError",
     "ReceiptRejected",
     "ReceiptSender",
+    "Registration",
     "ReplayCache",
     "TokenExpired",
     "TokenInvalid",
     "TokenRevoked",
+    "Verdict",
     "VerificationError",
     "VerifiedToken",
     "__version__",
     "link_response",
     "link_token",
+    "load_manifest",
     "new_handle",
     "parse_link_request",
     "verify_token",

@@ -32,7 +32,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+import uvicorn
 from jwcrypto import jwk
+from litestar import Litestar, Request, get
+from litestar.middleware import DefineMiddleware
+
+from broker_sdk import BrokerAuthMiddleware, HolderVerifier
+from broker_sdk.asgi import SCOPE_KEY
 
 PASSWORD = "une phrase de passe assez longue pour le test"
 EMAIL = "gaelle@example.org"
@@ -316,6 +322,58 @@ def grant(
     )
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
+
+
+# -- a holder API: Litestar behind the SDK's middleware, served by uvicorn -------------------------
+
+
+@get("/fhir/Observation")
+async def observations(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    token = request.scope[SCOPE_KEY]  # type: ignore[literal-required]
+    return {"consent_id": token.consent_id, "handle": token.link_handle}
+
+
+@get("/fhir/Patient")
+async def patient(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return {"resourceType": "Patient"}
+
+
+@get("/fhir/metadata")
+async def metadata() -> dict[str, Any]:
+    return {"resourceType": "CapabilityStatement"}
+
+
+def categories(scope: Any) -> set[str]:
+    return {"identity"} if scope["path"].endswith("/Patient") else {"lab_results"}
+
+
+@pytest.fixture
+def holder_api(live_broker: Broker) -> Iterator[str]:
+    holder = live_broker.holders["labo-a"]
+    verifier = HolderVerifier(live_broker.issuer, holder.base_url, holder_id="labo-a", holder_key=holder.key)
+    assert verifier.start_push(wait=10)  # revocations reach this holder within a second
+    app = Litestar(
+        route_handlers=[observations, patient, metadata],
+        middleware=[
+            DefineMiddleware(
+                BrokerAuthMiddleware, verifier=verifier, categories=categories, public_paths=["/fhir/metadata"]
+            )
+        ],
+    )
+    port = urlsplit(holder.base_url).port
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        yield holder.base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        verifier.close()
 
 
 # -- a small local server for forged documents ---------------------------------------------------
