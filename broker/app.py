@@ -17,6 +17,8 @@ from litestar.types import Message, Scope
 from sqlalchemy.orm import Session
 
 from broker import __version__
+from broker.audit.routes import audit_routes, patient_audit_api
+from broker.audit.sequencer import BackgroundSequencer, sequence
 from broker.catalog import repository
 from broker.catalog.enforcement import CharterInForce
 from broker.catalog.routes import admin_router, registry_router
@@ -189,6 +191,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def on_shutdown() -> None:
         engine.dispose()
 
+    # The audit log's sequencer, in the background of every process (one works at a time).
+    sequencer = BackgroundSequencer(
+        lambda: sequence(
+            session_factory,
+            signer=keystore,
+            secret_key=settings.secret_key,
+            issuer=settings.issuer,
+            wait=False,
+        ),
+        settings.audit_interval,
+    )
+
     if settings.demo:
         from broker.demo import seed_demo
 
@@ -205,6 +219,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *oauth_routes,
             consent_pages,
             *patient_api,
+            *patient_audit_api,
+            *audit_routes,
             patient_pages,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),
         ],
@@ -215,7 +231,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
-        on_shutdown=[on_shutdown],
+        on_startup=[sequencer.start],
+        on_shutdown=[sequencer.stop, on_shutdown],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",

@@ -1,4 +1,4 @@
-"""The ``broker`` command: serve, migrate, keys, holders, operator, charter, reviews, demo."""
+"""The ``broker`` command: serve, migrate, keys, holders, operator, charter, reviews, audit, demo."""
 
 from __future__ import annotations
 
@@ -203,6 +203,59 @@ def cmd_links(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """The audit log: place pending events and sign (sequence), show the latest checkpoint,
+    or check the whole log against its signed checkpoints (verify; exit 1 on damage)."""
+    from broker.audit.checkpoints import checkpoint_json, latest_checkpoint
+    from broker.audit.sequencer import sequence
+    from broker.audit.verify import verify_log
+    from broker.db import make_engine, make_session_factory
+
+    keystore = KeyStore(settings.key_dir).load()
+    if args.action == "sequence":
+        engine = make_engine(settings.database_url)
+        try:
+            placed = sequence(
+                make_session_factory(engine),
+                signer=keystore,
+                secret_key=settings.secret_key,
+                issuer=settings.issuer,
+            )
+        finally:
+            engine.dispose()
+        print(f"{placed} events placed in the audit log")
+        return 0
+    if args.action == "checkpoint":
+        def latest(session: Session) -> Any:
+            found = latest_checkpoint(session)
+            return checkpoint_json(found) if found is not None else None
+
+        found = _with_session(settings, latest)
+        if found is None:
+            print("broker: the audit log has no checkpoint yet", file=sys.stderr)
+            return 1
+        _print_json(found)
+        return 0
+    # Every key the store still holds, retiring ones included: old checkpoints were signed
+    # with them.
+    kids = [i.kid for i in keystore.infos() if i.status != "retired"]
+    report = _with_session(
+        settings,
+        lambda s: verify_log(
+            s,
+            trusted_keys={"keys": [keystore.public_key(kid) for kid in kids]},
+            secret_key=settings.secret_key,
+            issuer=settings.issuer,
+        ),
+    )
+    if report.ok:
+        print(f"audit log verified: {report.entries} entries, {report.checkpoints} signed checkpoints")
+        return 0
+    print(f"audit log DAMAGED at {report.problem}", file=sys.stderr)
+    _print_json(report.to_json())
+    return 1
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from broker.demo import seed_demo
 
@@ -266,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     links_import = links_sub.add_parser("import", help="import links from CSV: email,holder[,handle]")
     links_import.add_argument("file")
     links.set_defaults(func=cmd_links)
+
+    audit = sub.add_parser("audit", help="the audit log: verify, checkpoint, sequence")
+    audit.add_argument("action", choices=["verify", "checkpoint", "sequence"])
+    audit.set_defaults(func=cmd_audit)
 
     sub.add_parser("demo", help="seed the demo holder and app").set_defaults(func=cmd_demo)
     return parser

@@ -12,9 +12,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from broker.audit.log import append_event
+from broker.audit.tags import EventTag
 from broker.catalog import repository
 from broker.catalog.models import App, CharterVersion
-from broker.catalog.service import apply_verdict
+from broker.catalog.service import apply_verdict, log_app_event
 from broker.charter import Charter, Verdict, evaluate, load_charter
 from broker.charter.loading import parse_charter
 from broker.errors import Conflict, InvalidRequest, NotFound
@@ -140,6 +142,22 @@ def apply_charter(
         app.updated_at = now
         apply_verdict(session, app, verdict, app.manifest_sha256, now)
         outcome[status] += 1
+        if status != was:
+            if status == "suspended":
+                tag = EventTag.APP_SUSPENDED
+            elif was == "suspended" and status == "approved":
+                tag = EventTag.APP_RESTORED
+            else:
+                tag = EventTag.APP_RECHECKED
+            log_app_event(session, tag, app, "broker", now, previous_status=was)
+    append_event(
+        session,
+        tag=EventTag.CHARTER_APPLIED,
+        patient_id=None,
+        actor=f"operator:{applied_by}",
+        details={"charter_version": charter.version, "checked": len(apps), "outcome": dict(outcome)},
+        at=now,
+    )
     return ApplyReport(charter.version, len(apps), dict(outcome), suspended, restored)
 
 
@@ -189,4 +207,5 @@ def decide_review(
     )
     app.status = decision
     app.updated_at = now
+    log_app_event(session, EventTag.APP_DECIDED, app, f"operator:{operator}", now, reason=reason)
     return app

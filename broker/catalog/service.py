@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from broker.audit.log import append_event
+from broker.audit.tags import EventTag
 from broker.catalog import repository
 from broker.catalog.models import (
     App,
@@ -112,6 +114,24 @@ def apply_verdict(
     )
 
 
+def log_app_event(
+    session: Session,
+    tag: EventTag,
+    app: App,
+    actor: str,
+    now: datetime,
+    **extra: Any,
+) -> None:
+    """An app's event in the audit log: public facts (no patient), its status and verdict."""
+    details: dict[str, Any] = {"app": app.client_id, "name": app.client_name, "status": app.status}
+    if app.verdict is not None:
+        details["charter_version"] = app.verdict.get("charter_version")
+        details["articles"] = sorted({f["article"] for f in app.verdict.get("findings", [])})
+    details["manifest_sha256"] = app.manifest_sha256
+    details.update(extra)
+    append_event(session, tag=tag, patient_id=None, actor=actor, details=details, at=now)
+
+
 def verdict_json(verdict: Verdict, digest: str, now: datetime) -> dict[str, Any]:
     body = verdict.to_json()
     body["checked_at"] = now.isoformat().replace("+00:00", "Z")
@@ -195,6 +215,7 @@ def register_app(
     session.add(app)
     _flush_guarding_name(session)
     apply_verdict(session, app, verdict, digest, now)
+    log_app_event(session, EventTag.APP_REGISTERED, app, f"app:{app.client_id}", now)
     return Registered(app, token)
 
 
@@ -249,6 +270,7 @@ def update_app(
     app.registration_token_hash = secret_digest(secret_key, token)
     _flush_guarding_name(session)
     apply_verdict(session, app, verdict, digest, now)
+    log_app_event(session, EventTag.APP_UPDATED, app, f"app:{app.client_id}", now)
     return Registered(app, token)
 
 
@@ -258,6 +280,7 @@ def delete_app(session: Session, *, app: App, now: datetime) -> None:
     app.name_key = None
     app.registration_token_hash = None
     app.updated_at = now
+    log_app_event(session, EventTag.APP_DELETED, app, f"app:{app.client_id}", now)
 
 
 def registration_response(app: App, issuer: str, token: str | None) -> dict[str, Any]:
@@ -295,6 +318,14 @@ def add_holder(session: Session, *, body: Any, charter: Charter, dev_mode: bool,
     )
     session.add(holder)
     session.flush()
+    append_event(
+        session,
+        tag=EventTag.HOLDER_REGISTERED,
+        patient_id=None,
+        actor="operator",
+        details={"holder": holder.identifier, "name": holder.legal_name, "served": list(holder.categories)},
+        at=now,
+    )
     return holder
 
 
@@ -306,6 +337,14 @@ def approve_holder(session: Session, *, identifier: str, operator: str, now: dat
         holder.status = "approved"
         holder.approved_at = now
         holder.approved_by = operator
+        append_event(
+            session,
+            tag=EventTag.HOLDER_APPROVED,
+            patient_id=None,
+            actor=f"operator:{operator}",
+            details={"holder": holder.identifier, "name": holder.legal_name},
+            at=now,
+        )
     return holder
 
 

@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.audit.log import append_event
+from broker.audit.tags import EventTag
 from broker.catalog.models import Holder
 from broker.consent.models import HolderLink, LinkRequest
 from broker.consent.patients.models import Patient
@@ -48,7 +50,9 @@ def import_links(session: Session, rows: Sequence[Mapping[str, Any]]) -> dict[st
                 errors.append(f"line {number}: this handle is already used by another link")
                 continue
         try:
-            link_patient(session, patient_id=patient.id, holder_id=holder, handle=handle, now=now)
+            link_patient(
+                session, patient_id=patient.id, holder_id=holder, handle=handle, now=now, by="operator:import"
+            )
         except BrokerError as exc:
             errors.append(f"line {number}: {exc.detail}")
             continue
@@ -160,12 +164,21 @@ def finish_link(
     return link_patient(session, patient_id=patient_id, holder_id=holder.identifier, handle=handle, now=now)
 
 
-def unlink(session: Session, *, patient_id: str, holder_id: str) -> HolderLink:
+def unlink(session: Session, *, patient_id: str, holder_id: str, now: datetime | None = None) -> HolderLink:
     link = session.scalars(
         select(HolderLink).where(HolderLink.patient_id == patient_id, HolderLink.holder_id == holder_id)
     ).first()
     if link is None:
         raise NotFound("you are not linked to this source")
     # New tokens for this holder stop at once (the token endpoint needs an active link).
-    link.status = "unlinked"
+    if link.status != "unlinked":
+        link.status = "unlinked"
+        append_event(
+            session,
+            tag=EventTag.LINK_REMOVED,
+            patient_id=patient_id,
+            actor=f"patient:{patient_id}",
+            details={"holder": holder_id},
+            at=now or utcnow(),
+        )
     return link

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from broker.audit.log import append_event
+from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
 from broker.consent.models import ConsentEvent, ConsentRecord, HolderLink, RefreshToken, StatusEntry
 from broker.errors import InvalidRequest, NotFound
@@ -26,9 +28,18 @@ MAX_CONSENT_DAYS = 365
 
 
 def link_patient(
-    session: Session, *, patient_id: str, holder_id: str, handle: str | None = None, now: datetime
+    session: Session,
+    *,
+    patient_id: str,
+    holder_id: str,
+    handle: str | None = None,
+    now: datetime,
+    by: str | None = None,
 ) -> HolderLink:
-    """Create (or return) the patient's link to a holder, with an opaque random handle."""
+    """Create (or return) the patient's link to a holder, with an opaque random handle.
+
+    ``by`` is who made the link for the log (the patient unless said otherwise).
+    """
     holder = session.get(Holder, holder_id)
     if holder is None or holder.status != "approved":
         raise NotFound(f"no approved holder {holder_id!r}")
@@ -43,7 +54,17 @@ def link_patient(
             created_at=now,
         )
         session.add(link)
+    elif link.status == "active":
+        return link
     link.status = "active"
+    append_event(
+        session,
+        tag=EventTag.LINK_CREATED,
+        patient_id=patient_id,
+        actor=by or f"patient:{patient_id}",
+        details={"holder": holder_id},
+        at=now,
+    )
     return link
 
 
@@ -74,9 +95,32 @@ def _new_status_entry(session: Session, now: datetime) -> StatusEntry:
     return entry
 
 
+# The consent's status records and the audit log's tags for them.
+_AUDIT_TAGS = {
+    "granted": EventTag.CONSENT_GRANTED,
+    "changed": EventTag.CONSENT_CHANGED,
+    "revoked": EventTag.CONSENT_REVOKED,
+}
+
+
 def _event(
     session: Session, consent: ConsentRecord, action: str, by: str, now: datetime, reason: str | None = None
 ) -> None:
+    tag = _AUDIT_TAGS.get(action)
+    if tag is not None:
+        grants = consent.grants or []
+        details: dict[str, Any] = {
+            "app": consent.client_id,
+            "consent_id": consent.id,
+            "holders": sorted({g["holder"] for g in grants}),
+            "categories": sorted({c for g in grants for c in g["categories"]}),
+            "purposes": list(consent.purposes),
+            "grants": grants,
+            "expires_at": consent.expires_at.isoformat(),
+        }
+        if reason is not None:
+            details["reason"] = reason
+        append_event(session, tag=tag, patient_id=consent.patient_id, actor=by, details=details, at=now)
     session.add(
         ConsentEvent(
             consent_id=consent.id,
