@@ -225,8 +225,9 @@ def _oauth_error(response: httpx.Response) -> OAuthError:
         description = str(body.get("error_description") or "")
         return OAuthError(body["error"], description, status=response.status_code, body=body)
     if isinstance(body, dict) and "detail" in body:  # RFC 9457 problem details
-        return OAuthError(str(body.get("title") or "error"), str(body["detail"]), status=response.status_code,
-                          body=body)
+        return OAuthError(
+            str(body.get("title") or "error"), str(body["detail"]), status=response.status_code, body=body
+        )
     return OAuthError("http_error", f"HTTP {response.status_code}", status=response.status_code, body=body)
 
 
@@ -299,8 +300,9 @@ class AppClient:
         form = {"client_id": self.client_id}
         if self.client_key is not None:
             form["client_assertion_type"] = ASSERTION_TYPE
-            form["client_assertion"] = client_assertion(self.client_key, client_id=self.client_id,
-                                                        audience=self.issuer)
+            form["client_assertion"] = client_assertion(
+                self.client_key, client_id=self.client_id, audience=self.issuer
+            )
         return form
 
     # -- registration (RFC 7591 / RFC 7592) -----------------------------------------------
@@ -520,8 +522,9 @@ class AppClient:
         """RFC 7009: the app gives the grant up (its refresh token family dies)."""
         url = self._endpoint("revocation_endpoint", "/revoke")
         response = self._send(
-            "POST", url, data={"token": grant.refresh_token, "token_type_hint": "refresh_token",
-                               **self._client_auth()}
+            "POST",
+            url,
+            data={"token": grant.refresh_token, "token_type_hint": "refresh_token", **self._client_auth()},
         )
         if response.status_code != 200:
             raise _oauth_error(response)
@@ -547,9 +550,7 @@ class AppClient:
     def get(self, grant: Grant, url: str, **kwargs: Any) -> httpx.Response:
         return self.request(grant, "GET", url, **kwargs)
 
-    def _call(
-        self, grant: Grant, token: AccessToken, method: str, url: str, **kwargs: Any
-    ) -> httpx.Response:
+    def _call(self, grant: Grant, token: AccessToken, method: str, url: str, **kwargs: Any) -> httpx.Response:
         headers = dict(kwargs.pop("headers", None) or {})
         if token.token_type.lower() == "dpop" and grant.dpop_key is not None:
             headers["Authorization"] = f"DPoP {token.token}"

@@ -145,8 +145,9 @@ class BrokerAuthMiddleware:
             headers = [(b"content-type", b"application/problem+json"), (b"retry-after", b"5")]
         else:
             # RFC 6750 §3.1: a request without credentials gets the challenge without an error.
-            challenge = www_authenticate(None if missing else error, realm=self.realm,
-                                         dpop_algs=self.verifier.dpop_algorithms)
+            challenge = www_authenticate(
+                None if missing else error, realm=self.realm, dpop_algs=self.verifier.dpop_algorithms
+            )
             body = {"error": error.error, "error_description": error.description}
             headers = [
                 (b"content-type", b"application/json"),

@@ -253,7 +253,12 @@ class Browser:
         page = self.http.get("/login")
         answer = self.http.post(
             "/login",
-            data={"csrf_token": hidden(page.text, "csrf_token"), "email": EMAIL, "password": PASSWORD, "next": "/"},
+            data={
+                "csrf_token": hidden(page.text, "csrf_token"),
+                "email": EMAIL,
+                "password": PASSWORD,
+                "next": "/",
+            },
         )
         assert answer.status_code == 303, answer.text
 
@@ -287,9 +292,7 @@ def browser(live_broker: Broker) -> Iterator[Browser]:
     patient.http.close()
 
 
-def grant(
-    broker: Broker, browser: Browser, holder: str = "labo-a", dpop: Any = None
-) -> dict[str, Any]:
+def grant(broker: Broker, browser: Browser, holder: str = "labo-a", dpop: Any = None) -> dict[str, Any]:
     """A consent and a token response for ``holder``, by hand (no SDK), PKCE S256."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
@@ -356,7 +359,10 @@ def holder_api(live_broker: Broker) -> Iterator[str]:
         route_handlers=[observations, patient, metadata],
         middleware=[
             DefineMiddleware(
-                BrokerAuthMiddleware, verifier=verifier, categories=categories, public_paths=["/fhir/metadata"]
+                BrokerAuthMiddleware,
+                verifier=verifier,
+                categories=categories,
+                public_paths=["/fhir/metadata"],
             )
         ],
     )

@@ -100,9 +100,11 @@ def test_code_flow_dpop_holder_call_and_revocation(
 def test_app_revokes_its_own_grant(live_broker: Broker, browser: Browser) -> None:
     with AppClient(live_broker.issuer, dpop=False) as client:
         client.register(manifest("Carnet Revoke Test"))
-        request = client.authorization_request(REDIRECT_URI, use_par=False,
-                                               authorization_details=[{"purpose": "chronic_disease_followup",
-                                                                       "categories": ["lab_results"]}])
+        request = client.authorization_request(
+            REDIRECT_URI,
+            use_par=False,
+            authorization_details=[{"purpose": "chronic_disease_followup", "categories": ["lab_results"]}],
+        )
         assert "code_challenge_method=S256" in request.url
         grant = client.exchange_code(request, browser.consent(request.url))
         assert next(iter(grant.access_tokens.values())).token_type == "Bearer"
@@ -114,13 +116,17 @@ def test_app_revokes_its_own_grant(live_broker: Broker, browser: Browser) -> Non
 def test_confidential_app_with_private_key_jwt(live_broker: Broker, browser: Browser) -> None:
     key = new_key()
     with AppClient(live_broker.issuer, client_key=key) as client:
-        registration = client.register(manifest("Carnet Confidential Test", token_endpoint_auth_method="private_key_jwt"))
+        registration = client.register(
+            manifest("Carnet Confidential Test", token_endpoint_auth_method="private_key_jwt")
+        )
         assert registration.metadata["jwks"]["keys"][0]["kid"] == key.get("kid")
         request = client.authorization_request(REDIRECT_URI)
         grant = client.exchange_code(request, browser.consent(request.url))
         assert grant.refresh_token
         # another key cannot act for this client
-        impostor = AppClient(live_broker.issuer, client_id=registration.client_id, client_key=new_key(key.get("kid")))
+        impostor = AppClient(
+            live_broker.issuer, client_id=registration.client_id, client_key=new_key(key.get("kid"))
+        )
         with pytest.raises(OAuthError) as caught:
             impostor.refresh(grant)
         assert caught.value.error == "invalid_client"

@@ -8,7 +8,9 @@ from sdk_support import Broker, Browser, grant
 from broker_sdk import DPoPKey
 
 
-def test_middleware_answers_per_rfc_6750_and_9449(holder_api: str, live_broker: Broker, browser: Browser) -> None:
+def test_middleware_answers_per_rfc_6750_and_9449(
+    holder_api: str, live_broker: Broker, browser: Browser
+) -> None:
     url = f"{holder_api}/Observation"
     assert httpx.get(f"{holder_api}/metadata").status_code == 200  # public path
 
@@ -34,8 +36,11 @@ def test_middleware_answers_per_rfc_6750_and_9449(holder_api: str, live_broker: 
     assert 'error="insufficient_scope"' in scope.headers["www-authenticate"]
     assert 'scope="identity"' in scope.headers["www-authenticate"]
 
-    in_query = httpx.get(url, params={"access_token": token["access_token"]},
-                         headers={"Authorization": f"Bearer {token['access_token']}"})
+    in_query = httpx.get(
+        url,
+        params={"access_token": token["access_token"]},
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
     assert in_query.status_code == 401
 
     browser.revoke(token["consent_id"])
@@ -45,7 +50,9 @@ def test_middleware_with_dpop(holder_api: str, live_broker: Broker, browser: Bro
     key = DPoPKey()
     token = grant(live_broker, browser, dpop=key)["access_token"]
     url = f"{holder_api}/Observation"
-    ok = httpx.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": key.proof("GET", url, access_token=token)})
+    ok = httpx.get(
+        url, headers={"Authorization": f"DPoP {token}", "DPoP": key.proof("GET", url, access_token=token)}
+    )
     assert ok.status_code == 200, ok.text
     no_proof = httpx.get(url, headers={"Authorization": f"DPoP {token}"})
     assert no_proof.status_code == 401

@@ -66,7 +66,11 @@ def test_link_requests_the_holder_must_not_answer(query: str) -> None:
 def test_link_response_shape() -> None:
     key = new_key("k1")
     request = parse_link_request(
-        {"state": "abc", "redirect_uri": "http://127.0.0.1:8000/my/sources/callback", "broker": "http://127.0.0.1:8000"},
+        {
+            "state": "abc",
+            "redirect_uri": "http://127.0.0.1:8000/my/sources/callback",
+            "broker": "http://127.0.0.1:8000",
+        },
         trusted_issuers=["http://127.0.0.1:8000"],
     )
     url = link_response(request, key=key, holder_id="h", handle="h" * 20)

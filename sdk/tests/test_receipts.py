@@ -37,12 +37,20 @@ class ContractBroker:
         self.lock = threading.Lock()
         self.server = LocalServer(self.handle)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         status, answer = self._answer(method, path, headers, body)
         self.answers.append(status)
-        return status, {"Content-Type": "application/json" if status < 400 else "application/problem+json"}, json.dumps(answer).encode()
+        return (
+            status,
+            {"Content-Type": "application/json" if status < 400 else "application/problem+json"},
+            json.dumps(answer).encode(),
+        )
 
-    def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
         if self.fail_with is not None:
             return self.fail_with, {"status": self.fail_with, "detail": "unavailable"}
         if method != "POST" or path != "/receipts" or headers.get("content-type") != "application/jwt":
@@ -91,7 +99,11 @@ def test_receipts_survive_an_outage_and_are_delivered_once(tmp_path: Path, holde
     sender = sender_for(server, holder_key, tmp_path / "queue.db")
     ids = [
         sender.submit_claims(
-            consent_id="cns_1", token_jti=f"tok{i}", client_id="app", categories=["lab_results"], record_count=i
+            consent_id="cns_1",
+            token_jti=f"tok{i}",
+            client_id="app",
+            categories=["lab_results"],
+            record_count=i,
         )
         for i in range(3)
     ]
@@ -123,8 +135,12 @@ def test_a_lost_answer_is_retried_and_counted_once(tmp_path: Path, holder_key: j
         )
         # the broker recorded it but the answer was lost: the queue still holds it
         token = sender._db.execute("SELECT token FROM receipts WHERE jti = ?", (jti,)).fetchone()[0]
-        assert httpx.post(f"{server.server.url}/receipts", content=token,
-                          headers={"Content-Type": "application/jwt"}).status_code == 201
+        assert (
+            httpx.post(
+                f"{server.server.url}/receipts", content=token, headers={"Content-Type": "application/jwt"}
+            ).status_code
+            == 201
+        )
         report = sender.flush()
         assert (report.delivered, report.duplicates, report.pending) == (0, 1, 0)
         assert len(server.recorded) == 1
@@ -166,7 +182,9 @@ def test_background_drain_delivers_after_submit(tmp_path: Path, holder_key: jwk.
     server = ContractBroker("labo-a", holder_key)
     try:
         with sender_for(server, holder_key, tmp_path / "q.db").start() as sender:
-            sender.submit_claims(consent_id="c", token_jti="t", client_id="a", categories=["x"], record_count=1)
+            sender.submit_claims(
+                consent_id="c", token_jti="t", client_id="a", categories=["x"], record_count=1
+            )
             deadline = time.monotonic() + 5
             while not server.recorded and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -175,11 +193,15 @@ def test_background_drain_delivers_after_submit(tmp_path: Path, holder_key: jwk.
         server.server.close()
 
 
-def test_a_receipt_near_its_end_is_signed_again_with_the_same_jti(tmp_path: Path, holder_key: jwk.JWK) -> None:
+def test_a_receipt_near_its_end_is_signed_again_with_the_same_jti(
+    tmp_path: Path, holder_key: jwk.JWK
+) -> None:
     server = ContractBroker("labo-a", holder_key)
     try:
         sender = sender_for(server, holder_key, tmp_path / "q.db", lifetime=600)
-        jti = sender.submit_claims(consent_id="c", token_jti="t", client_id="a", categories=["x"], record_count=1)
+        jti = sender.submit_claims(
+            consent_id="c", token_jti="t", client_id="a", categories=["x"], record_count=1
+        )
         before = sender._db.execute("SELECT token FROM receipts").fetchone()[0]
         assert sender.flush().delivered == 1
         after = sender._db.execute("SELECT token FROM receipts").fetchone()[0]
@@ -194,15 +216,18 @@ def test_a_receipt_near_its_end_is_signed_again_with_the_same_jti(tmp_path: Path
 def test_receipt_of_a_verified_token_against_the_real_broker(
     live_broker: Broker, browser: Browser, tmp_path: Path
 ) -> None:
-    probe = httpx.post(f"{live_broker.issuer}/receipts", content=b"x", headers={"Content-Type": "application/jwt"})
+    probe = httpx.post(
+        f"{live_broker.issuer}/receipts", content=b"x", headers={"Content-Type": "application/jwt"}
+    )
     if probe.status_code in (404, 405):
         pytest.skip("this broker does not serve /receipts yet")
     holder = live_broker.holders["labo-a"]
     token = grant(live_broker, browser)
     with HolderVerifier(live_broker.issuer, holder.base_url, holder_id="labo-a") as verifier:
         verified = verifier.verify(token["access_token"], categories=["lab_results"])
-    sender = ReceiptSender(live_broker.issuer, holder_id="labo-a", key=holder.key, queue_path=tmp_path / "q.db",
-                           base_delay=0.05)
+    sender = ReceiptSender(
+        live_broker.issuer, holder_id="labo-a", key=holder.key, queue_path=tmp_path / "q.db", base_delay=0.05
+    )
     live_broker.stop()  # the broker is down at the time of the release
     try:
         sender.submit(verified, categories=["lab_results"], record_count=3)

@@ -39,9 +39,7 @@ def b64(data: bytes) -> str:
 
 
 def raw_token(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
-    return ".".join(
-        [b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)]
-    )
+    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)])
 
 
 def raw_sign(header: dict[str, Any], claims: dict[str, Any], key: jwk.JWK) -> str:
@@ -51,7 +49,9 @@ def raw_sign(header: dict[str, Any], claims: dict[str, Any], key: jwk.JWK) -> st
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    r, s = decode_dss_signature(key.get_op_key("sign").sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    r, s = decode_dss_signature(
+        key.get_op_key("sign").sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    )
     return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
@@ -96,8 +96,13 @@ def refused(verifier: HolderVerifier, token: str, expected: type[VerificationErr
     return caught.value.reason
 
 
-def forged(broker: Broker, token: str, key: jwk.JWK | None = None, header: dict[str, Any] | None = None,
-           **changes: Any) -> str:
+def forged(
+    broker: Broker,
+    token: str,
+    key: jwk.JWK | None = None,
+    header: dict[str, Any] | None = None,
+    **changes: Any,
+) -> str:
     """The real token's claims, changed, signed again with the broker's key (or ``key``)."""
     claims = {**payload(token), **changes}
     for name, value in changes.items():
@@ -124,7 +129,10 @@ def test_a_real_token_passes_and_says_what_it_grants(
     # seen before: the same answer, without a second JWKS or status fetch
     fetches = (verifier.status_lists.fetch_count, verifier._issuers[live_broker.issuer].keys.fetch_count)
     assert verifier.verify(token["access_token"]) is verified
-    assert fetches == (verifier.status_lists.fetch_count, verifier._issuers[live_broker.issuer].keys.fetch_count)
+    assert fetches == (
+        verifier.status_lists.fetch_count,
+        verifier._issuers[live_broker.issuer].keys.fetch_count,
+    )
     assert verifier.verify_authorization(f"Bearer {token['access_token']}") is verified
 
 
@@ -135,7 +143,9 @@ def test_a_category_outside_the_consent(verifier: HolderVerifier, token: dict[st
     assert caught.value.status_code == 403
 
 
-def test_alg_none_in_every_casing(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
+def test_alg_none_in_every_casing(
+    verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker
+) -> None:
     claims = payload(token["access_token"])
     kid = live_broker.signing_key.get("kid")
     for alg in ("none", "None", "NONE", "nOnE"):
@@ -181,7 +191,9 @@ def test_unknown_kid_refetches_once_then_refuses(
     assert sum(u.endswith("/jwks.json") for u in recorder.urls) == jwks_before
 
 
-def test_unknown_kid_refetch_is_rate_limited(live_broker: Broker, token: dict[str, Any], recorder: Recorder) -> None:
+def test_unknown_kid_refetch_is_rate_limited(
+    live_broker: Broker, token: dict[str, Any], recorder: Recorder
+) -> None:
     now = [time.time()]
     http = httpx.Client(trust_env=False, event_hooks={"request": [recorder]})
     holder = live_broker.holders["labo-a"]
@@ -196,13 +208,16 @@ def test_unknown_kid_refetch_is_rate_limited(live_broker: Broker, token: dict[st
 
 def test_missing_or_blank_kid(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
     claims = payload(token["access_token"])
-    no_kid = sign(claims, jwk.JWK(**{k: v for k, v in live_broker.signing_key.export(as_dict=True).items()
-                                      if k != "kid"}), typ="at+jwt")
+    no_kid = sign(
+        claims,
+        jwk.JWK(**{k: v for k, v in live_broker.signing_key.export(as_dict=True).items() if k != "kid"}),
+        typ="at+jwt",
+    )
     assert refused(verifier, no_kid, TokenInvalid) == "kid"
     for kid in ("", "../../dev/null", "' UNION SELECT '1", "; sleep 10"):
-        assert refused(verifier, forged(live_broker, token["access_token"], header={"kid": kid}), TokenInvalid) in (
-            "kid",
-        )
+        assert refused(
+            verifier, forged(live_broker, token["access_token"], header={"kid": kid}), TokenInvalid
+        ) in ("kid",)
 
 
 def test_key_carrying_headers_are_refused_without_any_request(
@@ -229,12 +244,17 @@ def test_key_carrying_headers_are_refused_without_any_request(
 
 def test_wrong_typ(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
     for typ in ("JWT", "dpop+jwt", "statuslist+jwt", "link+jwt", "application/jwt"):
-        assert refused(verifier, forged(live_broker, token["access_token"], header={"typ": typ}), TokenInvalid) == "typ"
+        assert (
+            refused(verifier, forged(live_broker, token["access_token"], header={"typ": typ}), TokenInvalid)
+            == "typ"
+        )
     # case and the application/ prefix do not matter (RFC 7515 §4.1.9)
     verifier.verify(forged(live_broker, token["access_token"], header={"typ": "application/AT+JWT"}))
 
 
-def test_wrong_issuer_even_a_prefix(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
+def test_wrong_issuer_even_a_prefix(
+    verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker
+) -> None:
     for iss in ("http://evil.example", live_broker.issuer + "/", live_broker.issuer[:-1], "http://127.0.0.1"):
         assert refused(verifier, forged(live_broker, token["access_token"], iss=iss), TokenInvalid) == "iss"
 
@@ -247,7 +267,9 @@ def test_a_token_for_holder_a_at_holder_b(live_broker: Broker, token: dict[str, 
         assert refused(verifier_b, bad, TokenInvalid) == "aud"
 
 
-def test_expired_and_not_yet_valid(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
+def test_expired_and_not_yet_valid(
+    verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker
+) -> None:
     now = int(time.time())
     expired = forged(live_broker, token["access_token"], iat=now - 400, nbf=now - 400, exp=now - 100)
     assert refused(verifier, expired, TokenExpired) == "exp"
@@ -288,7 +310,9 @@ def test_tampered_payload(verifier: HolderVerifier, token: dict[str, Any]) -> No
             assert refused(verifier, f"{header}.{twin}.{signature}", TokenInvalid) == "malformed"
 
 
-def test_duplicate_members_crit_and_oversize(verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker) -> None:
+def test_duplicate_members_crit_and_oversize(
+    verifier: HolderVerifier, token: dict[str, Any], live_broker: Broker
+) -> None:
     _header, body, signature = token["access_token"].split(".")
     duplicated = b64(b'{"alg":"ES256","alg":"none","typ":"at+jwt","kid":"x"}')
     assert refused(verifier, f"{duplicated}.{body}.{signature}", TokenInvalid) == "malformed"
@@ -398,12 +422,20 @@ def test_a_forged_status_list_is_never_trusted(live_broker: Broker, token: dict[
     attacker = new_key(live_broker.signing_key.get("kid"))
     real_jwks = httpx.get(f"{live_broker.issuer}/jwks.json").text
 
-    def serve(method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def serve(
+        method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         if path.endswith("/jwks.json"):
             return 200, {"Content-Type": "application/json"}, real_jwks.encode()
         forged_list = sign(
-            {"sub": uri, "iss": live_broker.issuer, "iat": int(time.time()), "exp": int(time.time()) + 60,
-             "ttl": 30, "status_list": {"bits": 2, "lst": "eNrt"}},
+            {
+                "sub": uri,
+                "iss": live_broker.issuer,
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 60,
+                "ttl": 30,
+                "status_list": {"bits": 2, "lst": "eNrt"},
+            },
             attacker,
             typ="statuslist+jwt",
         )
@@ -417,8 +449,12 @@ def test_a_forged_status_list_is_never_trusted(live_broker: Broker, token: dict[
             request.url = request.url.copy_with(port=server.port)
 
         http = httpx.Client(trust_env=False, event_hooks={"request": [to_fake]})
-        with HolderVerifier(live_broker.issuer, holder.base_url, http=http,
-                            jwks_uris={live_broker.issuer: f"{live_broker.issuer}/jwks.json"}) as verifier:
+        with HolderVerifier(
+            live_broker.issuer,
+            holder.base_url,
+            http=http,
+            jwks_uris={live_broker.issuer: f"{live_broker.issuer}/jwks.json"},
+        ) as verifier:
             assert refused(verifier, token["access_token"], BrokerUnavailable) == "status_forged"
     finally:
         server.close()
@@ -434,18 +470,43 @@ def test_dpop_bound_token(live_broker: Broker, browser: Browser, verifier: Holde
     verified = verifier.verify(access, scheme="DPoP", dpop=proof, method="GET", url=url)
     assert verified.jkt == key.jkt
     # replayed proof, no proof, bearer downgrade, another key, wrong method, wrong URL, no ath
-    assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=proof, method="GET", url=url) == "dpop_replay"
+    assert (
+        refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=proof, method="GET", url=url)
+        == "dpop_replay"
+    )
     assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", method="GET", url=url) == "dpop"
     assert refused(verifier, access, TokenInvalid, scheme="Bearer") == "scheme"
     other = DPoPKey().proof("GET", url, access_token=access)
-    assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=other, method="GET", url=url) == "dpop_jkt"
+    assert (
+        refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=other, method="GET", url=url)
+        == "dpop_jkt"
+    )
     wrong_method = key.proof("POST", url, access_token=access)
-    assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=wrong_method, method="GET", url=url) == "dpop_htm"
+    assert (
+        refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=wrong_method, method="GET", url=url)
+        == "dpop_htm"
+    )
     wrong_url = key.proof("GET", live_broker.holders["labo-b"].base_url, access_token=access)
-    assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=wrong_url, method="GET", url=url) == "dpop_htu"
+    assert (
+        refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=wrong_url, method="GET", url=url)
+        == "dpop_htu"
+    )
     no_ath = key.proof("GET", url)
-    assert refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=no_ath, method="GET", url=url) == "dpop_ath"
+    assert (
+        refused(verifier, access, DPoPProofInvalid, scheme="DPoP", dpop=no_ath, method="GET", url=url)
+        == "dpop_ath"
+    )
     # a bearer token presented as DPoP is refused
     bearer = grant(live_broker, browser)["access_token"]
-    assert refused(verifier, bearer, TokenInvalid, scheme="DPoP", dpop=key.proof("GET", url, access_token=bearer),
-                   method="GET", url=url) == "scheme"
+    assert (
+        refused(
+            verifier,
+            bearer,
+            TokenInvalid,
+            scheme="DPoP",
+            dpop=key.proof("GET", url, access_token=bearer),
+            method="GET",
+            url=url,
+        )
+        == "scheme"
+    )
