@@ -23,9 +23,9 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -140,15 +140,10 @@ def _insert_once(session: Session, values: dict[str, Any]) -> bool:
     (the second waits for the first's commit, then does nothing).
     """
     dialect = session.get_bind().dialect.name
-    table = AccessReceipt
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover (the broker runs on these two)
-        statement = insert(table).values(values)
-    result = session.execute(statement)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    table = cast(Table, AccessReceipt.__table__)
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table).values(values).on_conflict_do_nothing().returning(table.c.jti)
+    return session.execute(statement).first() is not None
 
 
 def record_receipt(session: Session, *, token: str, issuer: str, now: datetime) -> ReceiptOutcome:

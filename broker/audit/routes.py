@@ -4,12 +4,12 @@ the patient's own events and export (the logged-in patient), public indicators."
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
 from anyio import to_thread
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 from sqlalchemy.orm import Session
 
 from broker.audit.checkpoints import checkpoint_at, checkpoint_json, consistency, inclusion, latest_checkpoint
@@ -57,13 +57,15 @@ async def latest(state: State) -> Response[Any]:
 
 
 @get("/api/audit/checkpoints/{tree_size:int}", tags=["audit"], summary="The signed checkpoint of a tree size")
-async def checkpoint(state: State, tree_size: int) -> Response[Any]:
+async def checkpoint(state: State, tree_size: FromPath[int]) -> Response[Any]:
     body = await in_transaction(state.session_factory, lambda s: checkpoint_json(checkpoint_at(s, tree_size)))
     return Response(body, headers=PUBLIC_CACHE)
 
 
 @get("/api/audit/proofs/inclusion", tags=["audit"], summary="RFC 9162 inclusion proof of one leaf")
-async def inclusion_proof(state: State, leaf_index: int, tree_size: int) -> Response[Any]:
+async def inclusion_proof(
+    state: State, leaf_index: FromQuery[int], tree_size: FromQuery[int]
+) -> Response[Any]:
     body = await in_transaction(
         state.session_factory, lambda s: inclusion(s, leaf_index=leaf_index, tree_size=tree_size)
     )
@@ -71,7 +73,7 @@ async def inclusion_proof(state: State, leaf_index: int, tree_size: int) -> Resp
 
 
 @get("/api/audit/proofs/consistency", tags=["audit"], summary="RFC 9162 consistency proof of two checkpoints")
-async def consistency_proof(state: State, first: int, second: int) -> Response[Any]:
+async def consistency_proof(state: State, first: FromQuery[int], second: FromQuery[int]) -> Response[Any]:
     body = await in_transaction(state.session_factory, lambda s: consistency(s, first=first, second=second))
     return Response(body, headers=PUBLIC_CACHE)
 
@@ -98,13 +100,13 @@ async def receipts(request: Request[Any, Any, Any], state: State) -> Response[An
 async def my_events(
     request: Request[Any, Any, Any],
     state: State,
-    app_id: str | None = Parameter(query="app", default=None),
-    holder: str | None = None,
-    category: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    cursor: str | None = None,
-    limit: int = 50,
+    app_id: Annotated[str | None, Parameter(query="app")] = None,
+    holder: FromQuery[str | None] = None,
+    category: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> Response[Any]:
     def work(session: Session, patient: Patient) -> dict[str, Any]:
         return patient_events(
