@@ -48,6 +48,7 @@ class Grant:
     details: list[dict[str, Any]]
     consent_id: str
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # location -> (token, expiry)
+    refused_by: str | None = None  # the holder that last refused a token of this grant
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def locations(self, category: str) -> list[str]:
@@ -65,6 +66,7 @@ class Visit:
     pending: dict[str, str] | None = None  # state, code_verifier
     grant: Grant | None = None
     ended: str | None = None  # why access was withdrawn, once it was
+    ended_by: str = ""  # "holder" when a holder refused first, else "broker" (the refresh)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def _holder_call(client: AppClient, grant: Grant, location: str, path: str, para
                 return client.call_holder(location + path, token, params)
             except HolderRefused as refused:
                 grant.tokens.pop(location, None)
+                if refused.error == "invalid_token":
+                    grant.refused_by = location
                 if refused.error != "invalid_token" or attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -212,8 +216,8 @@ def create_app(config: AppConfig) -> Litestar:
             ended = ""
             if visit.ended:
                 ended = (
-                    f"<div class='alert' id='acces-retire' role='alert'><strong>Accès retiré.</strong> "
-                    f"{escape(visit.ended)}</div>"
+                    f"<div class='alert' id='acces-retire' data-refused-by='{visit.ended_by}' role='alert'>"
+                    f"<strong>Accès retiré.</strong> {escape(visit.ended)}</div>"
                 )
             body = (
                 f"{ended}<p>{SITE} vous montre l'évolution de votre glycémie et de votre HbA1c, "
@@ -238,12 +242,18 @@ def create_app(config: AppConfig) -> Litestar:
                 )
             if isinstance(exc, HolderRefused) and exc.error == "insufficient_scope":
                 raise
-            visit.grant = None
-            visit.ended = (
-                "Le consentement a été retiré : la source de données a refusé la demande et "
-                "le courtier ne renouvelle plus l'accès. Vos données ne sont plus lues."
-            )
-            log.info("access withdrawn: %s", type(exc).__name__)
+            refused_by, visit.grant = visit.grant.refused_by, None
+            if refused_by:
+                visit.ended_by = "holder"
+                visit.ended = (
+                    f"Le consentement a été retiré : la source de données ({refused_by}) a refusé la "
+                    "demande de l'application, et le courtier ne renouvelle plus l'accès. "
+                    "Vos données ne sont plus lues."
+                )
+            else:
+                visit.ended_by = "broker"
+                visit.ended = "Le courtier ne renouvelle plus l'accès : le consentement a été retiré."
+            log.info("access withdrawn (%s refused)", visit.ended_by)
             return Redirect("/", status_code=303)
         logout = '<form method="post" action="/logout"><button type="submit">Se déconnecter</button></form>'
         return with_cookie(page("Votre suivi", body + logout, site=SITE), sid)

@@ -202,9 +202,10 @@ def observations(record_id: str) -> tuple[dict[str, Any], ...]:
 
 
 def search(record_id: str, code: str | None = None) -> list[dict[str, Any]]:
-    """``GET Observation?code=`` for one patient; ``code`` is a LOINC code or ``system|code``."""
-    wanted = code.split("|")[-1] if code else None
-    return [r for r in observations(record_id) if wanted is None or r["code"]["coding"][0]["code"] == wanted]
+    """``GET Observation?code=`` for one patient: LOINC codes (``system|code`` accepted),
+    separated by commas (FHIR's "or")."""
+    wanted = {c.split("|")[-1] for c in code.split(",")} if code else None
+    return [r for r in observations(record_id) if wanted is None or r["code"]["coding"][0]["code"] in wanted]
 
 
 def searchset(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
