@@ -14,19 +14,20 @@ import json
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+from broker_sdk import AppClient, BrokerUnreachable, ConsentRevoked, OAuthError
+from broker_sdk.app import AuthorizationRequest, Grant, Registration
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import Cookie, State
 from litestar.response import Redirect
 
 from examples.common.pages import escape, page
-from examples.diabetes_app.app_sdk import AppClient, GrantEnded, HolderRefused
 from examples.diabetes_app.chart import french_date, line_chart
 
 log = logging.getLogger("examples.diabetes_app")
@@ -35,38 +36,26 @@ SITE = "Suivi Glycémie"
 COOKIE = "sg_session"
 MANIFEST = Path(__file__).with_name("manifest.json")
 GLUCOSE, HBA1C = "14771-0", "4548-4"
-# What the app asks for (RFC 9396): its two purposes, each with what it needs.
+# What the app asks for (RFC 9396 ``health_data`` details): each purpose with what it needs.
 AUTHORIZATION_DETAILS = [
-    {"type": "health_data", "purpose": "chronic_disease_followup", "categories": ["lab_results"]},
-    {"type": "health_data", "purpose": "health_budget", "categories": ["reimbursements"]},
+    {"purpose": "chronic_disease_followup", "categories": ["lab_results"]},
+    {"purpose": "health_budget", "categories": ["reimbursements"]},
 ]
 
 
-@dataclass
-class Grant:
-    refresh_token: str
-    details: list[dict[str, Any]]
-    consent_id: str
-    tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # location -> (token, expiry)
-    refused_by: str | None = None  # the holder that last refused a token of this grant
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def locations(self, category: str) -> list[str]:
-        out: list[str] = []
-        for detail in self.details:
-            if category in detail.get("categories", []):
-                out += [loc for loc in detail.get("locations", []) if loc not in out]
-        return out
+class HolderUnavailable(Exception):
+    """A holder answered 503: it cannot check the consent right now (it fails closed)."""
 
 
 @dataclass
 class Visit:
     """One browser's session at the app (kept in memory: a demo)."""
 
-    pending: dict[str, str] | None = None  # state, code_verifier
+    pending: AuthorizationRequest | None = None
     grant: Grant | None = None
     ended: str | None = None  # why access was withdrawn, once it was
     ended_by: str = ""  # "holder" when a holder refused first, else "broker" (the refresh)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one holder call at a time
 
 
 @dataclass(frozen=True)
@@ -87,44 +76,50 @@ class AppConfig:
 
 
 def _client_id(config: AppConfig, client: AppClient) -> str:
-    """The app's client_id: given, or from its own earlier registration, or registered now."""
+    """The app's client_id: given, or from its own earlier registration, or registered now
+    through the SDK (RFC 7591, the manifest with this app's own redirect URI)."""
     if config.client_id:
         return config.client_id
     saved = config.state_dir / "registration.json"
     manifest = json.loads(MANIFEST.read_text())
     manifest["redirect_uris"] = [config.redirect_uri]
     if saved.is_file():
-        registration = json.loads(saved.read_text())
-        if registration.get("redirect_uris") == manifest["redirect_uris"]:
-            return str(registration["client_id"])
+        registration = Registration.from_json(json.loads(saved.read_text()))
+        if registration.metadata.get("redirect_uris") == manifest["redirect_uris"]:
+            return str(registration.client_id)
     registration = client.register(manifest)
-    verdict = registration.get("charter_verdict", {}).get("status")
-    log.info("registered with the broker: %s (charter verdict: %s)", registration["client_id"], verdict)
+    log.info("registered with the broker; charter verdict: %s", registration.verdict.status)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    saved.write_text(json.dumps(registration))
+    saved.write_text(json.dumps(registration.to_json()))
     saved.chmod(0o600)  # it holds the registration access token
-    return str(registration["client_id"])
+    return str(registration.client_id)
 
 
-def _holder_call(client: AppClient, grant: Grant, location: str, path: str, params: dict[str, str]) -> Any:
-    """GET ``location + path`` with a token for that holder; one retry with a fresh token."""
-    with grant.lock:
-        for attempt in (1, 2):
-            token, expiry = grant.tokens.get(location, ("", 0.0))
-            if not token or expiry - time.time() < 10:
-                answer = client.refresh(grant.refresh_token, resource=location)
-                grant.refresh_token = answer["refresh_token"]  # rotated on every use
-                token, expiry = answer["access_token"], time.time() + int(answer.get("expires_in", 60))
-                grant.tokens[location] = (token, expiry)
-            try:
-                return client.call_holder(location + path, token, params)
-            except HolderRefused as refused:
-                grant.tokens.pop(location, None)
-                if refused.error == "invalid_token":
-                    grant.refused_by = location
-                if refused.error != "invalid_token" or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+# Which holder refused a token last, per worker thread: an httpx hook sees every answer.
+_seen = threading.local()
+
+
+def _note_refusal(response: httpx.Response) -> None:
+    if response.status_code == 401 and "/fhir/" in response.request.url.path:
+        _seen.refused_by = f"{response.request.url.scheme}://{response.request.url.netloc.decode()}"
+
+
+def _holder_get(client: AppClient, grant: Grant, url: str, params: dict[str, str]) -> Any:
+    """GET a holder's API with the SDK: the right token for that holder, a DPoP proof, one
+    retry with a fresh token on 401; a consent that is gone raises ConsentRevoked."""
+    response = client.get(grant, url, params=params, headers={"Accept": "application/fhir+json"})
+    if response.status_code == 503:
+        raise HolderUnavailable(url)
+    response.raise_for_status()
+    return response.json()
+
+
+def _locations(grant: Grant, category: str) -> list[str]:
+    out: list[str] = []
+    for holder in grant.holders():
+        if category in holder.categories and holder.base_url not in out:
+            out.append(holder.base_url)
+    return out
 
 
 def _observations(bundle: dict[str, Any], code: str) -> list[tuple[datetime, float]]:
@@ -143,8 +138,8 @@ def _observations(bundle: dict[str, Any], code: str) -> list[tuple[datetime, flo
 
 def _dashboard(client: AppClient, grant: Grant) -> str:
     html = []
-    for location in grant.locations("lab_results"):
-        bundle = _holder_call(client, grant, location, "/Observation", {"code": f"{GLUCOSE},{HBA1C}"})
+    for location in _locations(grant, "lab_results"):
+        bundle = _holder_get(client, grant, location + "/Observation", {"code": f"{GLUCOSE},{HBA1C}"})
         glucose = _observations(bundle, GLUCOSE)
         hba1c = _observations(bundle, HBA1C)
         html.append("<h2>Votre glycémie à jeun</h2>")
@@ -164,8 +159,8 @@ def _dashboard(client: AppClient, grant: Grant) -> str:
             f"<tr><th>Date</th><th>HbA1c</th></tr>{rows}</table>"
         )
         html.append(f"<p><small>Source : {escape(location)}, lu directement chez le laboratoire.</small></p>")
-    for location in grant.locations("reimbursements"):
-        bundle = _holder_call(client, grant, location, "/ExplanationOfBenefit", {})
+    for location in _locations(grant, "reimbursements"):
+        bundle = _holder_get(client, grant, location + "/ExplanationOfBenefit", {})
         lines: list[str] = []
         total = 0.0
         for entry in bundle.get("entry", []):
@@ -191,7 +186,13 @@ def _dashboard(client: AppClient, grant: Grant) -> str:
 
 
 def create_app(config: AppConfig) -> Litestar:
-    client = AppClient(config.broker, None, config.redirect_uri)
+    # A public client (PKCE is its proof); tokens bound to a DPoP key the SDK makes per grant.
+    client = AppClient(
+        config.broker,
+        client_id=config.client_id,
+        dpop=True,
+        http=httpx.Client(timeout=10.0, trust_env=False, event_hooks={"response": [_note_refusal]}),
+    )
     visits: dict[str, Visit] = {}
 
     def visit_of(request: Request[Any, Any, Any]) -> tuple[str, Visit]:
@@ -208,6 +209,16 @@ def create_app(config: AppConfig) -> Litestar:
     connect_form = (
         '<form method="post" action="/connect"><button type="submit">Connecter mes données</button></form>'
     )
+
+    def read(visit: Visit) -> tuple[str, str | None]:
+        """The dashboard, or why not; runs in a worker thread (the SDK is synchronous)."""
+        assert visit.grant is not None
+        with visit.lock:
+            _seen.refused_by = None
+            try:
+                return _dashboard(client, visit.grant), None
+            except ConsentRevoked:
+                return "", _seen.refused_by or ""
 
     @get("/", include_in_schema=False)
     async def home(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -227,22 +238,21 @@ def create_app(config: AppConfig) -> Litestar:
             )
             return with_cookie(page("Suivi Glycémie", body, site=SITE), sid)
         try:
-            body = await _in_thread(_dashboard, client, visit.grant)
-        except (GrantEnded, HolderRefused) as exc:
-            if isinstance(exc, HolderRefused) and exc.status == 503:
-                return with_cookie(
-                    page(
-                        "Service momentanément indisponible",
-                        "<p class='alert'>La source de données ne peut pas vérifier votre "
-                        "consentement pour le moment. Réessayez dans un instant.</p>",
-                        site=SITE,
-                        status_code=503,
-                    ),
-                    sid,
-                )
-            if isinstance(exc, HolderRefused) and exc.error == "insufficient_scope":
-                raise
-            refused_by, visit.grant = visit.grant.refused_by, None
+            body, refused_by = await _in_thread(read, visit)
+        except (HolderUnavailable, BrokerUnreachable):
+            return with_cookie(
+                page(
+                    "Service momentanément indisponible",
+                    "<p class='alert'>La source de données ne peut pas vérifier votre consentement pour "
+                    "le moment. Réessayez dans un instant.</p>",
+                    site=SITE,
+                    status_code=503,
+                ),
+                sid,
+            )
+        if refused_by is not None:
+            # The SDK noticed the withdrawal: a holder refused the token and the refresh failed.
+            visit.grant = None
             if refused_by:
                 visit.ended_by = "holder"
                 visit.ended = (
@@ -260,49 +270,46 @@ def create_app(config: AppConfig) -> Litestar:
 
     @post("/connect", include_in_schema=False)
     async def connect(request: Request[Any, Any, Any]) -> Response[Any]:
+        """PKCE and state, the request pushed to the broker (PAR), then off to its consent page."""
         sid, visit = visit_of(request)
-        state = secrets.token_urlsafe(24)
-        url, verifier = await _in_thread(client.start, AUTHORIZATION_DETAILS, state)
-        visit.pending = {"state": state, "verifier": verifier}
-        return with_cookie(Redirect(url, status_code=303), sid)
+        pending = await _in_thread(
+            lambda: client.authorization_request(
+                config.redirect_uri, authorization_details=AUTHORIZATION_DETAILS
+            )
+        )
+        visit.pending = pending
+        return with_cookie(Redirect(pending.url, status_code=303), sid)
 
     @get("/callback", include_in_schema=False)
     async def callback(request: Request[Any, Any, Any]) -> Response[Any]:
         sid, visit = visit_of(request)
-        query = request.query_params
         pending, visit.pending = visit.pending, None
-        if pending is None or not secrets.compare_digest(str(query.get("state", "")), pending["state"]):
+        if pending is None:
             return page(
                 "Retour inattendu",
-                "<p class='alert'>Cette réponse ne correspond à aucune demande "
-                "en cours. Recommencez.</p>" + connect_form,
+                "<p class='alert'>Cette réponse ne correspond à aucune demande en cours. Recommencez.</p>"
+                + connect_form,
                 site=SITE,
                 status_code=400,
             )
-        # RFC 9207: the answer names its issuer; an answer from another server is refused.
-        if query.get("iss") not in (None, config.broker):
+        try:
+            # The SDK checks state and the issuer (RFC 9207), then redeems the code (PKCE).
+            grant = await _in_thread(lambda: client.exchange_code(pending, str(request.url)))
+        except OAuthError as error:
+            if error.error == "access_denied":
+                return page(
+                    "Connexion annulée",
+                    "<p class='notice'>Vous n'avez pas donné votre accord : l'application ne lit "
+                    "aucune donnée.</p>" + connect_form,
+                    site=SITE,
+                )
+            log.warning("callback refused: %s", error.error)
             return page(
                 "Retour inattendu",
-                "<p class='alert'>Réponse d'un autre serveur.</p>",
+                "<p class='alert'>Cette réponse n'a pas pu être vérifiée. Recommencez.</p>" + connect_form,
                 site=SITE,
                 status_code=400,
             )
-        if "error" in query:
-            return page(
-                "Connexion annulée",
-                "<p class='notice'>Vous n'avez pas donné votre accord : "
-                "l'application ne lit aucune donnée.</p>" + connect_form,
-                site=SITE,
-            )
-        answer = await _in_thread(client.exchange, str(query.get("code", "")), pending["verifier"])
-        grant = Grant(
-            refresh_token=answer["refresh_token"],
-            details=answer.get("authorization_details", []),
-            consent_id=str(answer.get("consent_id", "")),
-        )
-        locations = {loc for d in grant.details for loc in d.get("locations", [])}
-        if len(locations) == 1:  # the token answers for the only holder: keep it
-            grant.tokens[locations.pop()] = (answer["access_token"], time.time() + int(answer["expires_in"]))
         visit.grant, visit.ended = grant, None
         return with_cookie(Redirect("/", status_code=303), sid)
 
