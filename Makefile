@@ -11,10 +11,10 @@ export BROKER_DEV_MODE ?= true
 
 .PHONY: run test lint venv bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./sdk
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,8 +25,8 @@ run: $(STAMP)
 	BROKER_DEMO=$${BROKER_DEMO:-true} $(BIN)/python -m examples.run
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench migrations examples
-	$(BIN)/mypy broker
+	$(BIN)/ruff check broker tests bench migrations examples sdk
+	$(BIN)/mypy broker sdk/broker_sdk
 
 test: $(STAMP) lint
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/pytest -q

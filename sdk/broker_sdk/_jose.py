@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +46,7 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k", "priv
 # Header members that select or carry keys (J5, J6) or change the JWS processing (J14, b64).
 KEY_HEADERS = ("jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256")
 _REFUSED_HEADERS = ("b64", "zip", "enc", "crit")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _B64_INDEX = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 _ECDSA = {"ES256": ec.ECDSA(hashes.SHA256()), "ES384": ec.ECDSA(hashes.SHA384())}
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
@@ -61,16 +60,19 @@ def b64url_encode(data: bytes) -> str:
 def b64url_decode(segment: str, what: str = "segment") -> bytes:
     """Strict base64url: URL-safe alphabet, no padding, canonical trailing bits."""
     rest = len(segment) % 4
-    if rest == 1 or not _B64URL.fullmatch(segment):
+    if rest == 1 or "+" in segment or "/" in segment or "=" in segment:
         raise TokenInvalid(f"{what} is not base64url without padding", reason="malformed")
+    try:
+        raw = segment.encode("ascii").translate(_TO_STANDARD)
+        # strict_mode: any character outside the alphabet is an error, not skipped.
+        data = binascii.a2b_base64(raw + b"=" * (-rest % 4), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+        raise TokenInvalid(f"{what} is not base64url", reason="malformed") from exc
     # Canonical form: the unused low bits of the last character are zero, so that no two
     # strings decode to the same bytes (a token cannot be altered without changing meaning).
     if rest and _B64_INDEX[segment[-1]] & (0x0F if rest == 2 else 0x03):
         raise TokenInvalid(f"{what} is not canonical base64url", reason="malformed")
-    try:
-        return base64.urlsafe_b64decode(segment + "==="[: (4 - rest) % 4])
-    except (binascii.Error, ValueError) as exc:
-        raise TokenInvalid(f"{what} is not base64url", reason="malformed") from exc
+    return data
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -85,9 +87,9 @@ def _no_constant(name: str) -> Any:
 
 
 def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """Strict JSON object: UTF-8, no duplicate members, no NaN/Infinity."""
+    """Strict JSON object: UTF-8, no duplicate members (J18), no NaN/Infinity."""
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except TokenInvalid:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -95,6 +97,10 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TokenInvalid(f"{what} is not a JSON object", reason="malformed")
     return value
+
+
+# One decoder, made once: json.loads(..., object_pairs_hook=...) would build one per call.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 
 
 def normalize_typ(value: str) -> str:

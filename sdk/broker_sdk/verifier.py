@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -55,6 +56,7 @@ MAX_LEEWAY = 60.0  # J11, FAPI2
 AUTH_SCHEMES = ("Bearer", "DPoP")
 _VALID, _INVALID, _SUSPENDED = 0, 1, 2
 _REQUIRED = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "consent_id")
+_STRINGS = ("sub", "jti", "client_id", "consent_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +93,6 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise TokenInvalid(f"claim {name!r} is missing or not a NumericDate", reason="claims")
     return float(value)
-
-
-def _string(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise TokenInvalid(f"claim {name!r} is missing or not a string", reason="claims")
-    return value
 
 
 def granted_categories(
@@ -248,6 +243,7 @@ class HolderVerifier:
             leeway=self.leeway,
         )
         self._cache: dict[str, VerifiedToken] = {}
+        self._headers: dict[str, tuple[str, str]] = {}
         self._cache_size = token_cache_size
         self._revoked: dict[str, float] = {}  # "issuer consent_id" -> withdrawn at (epoch)
 
@@ -379,17 +375,31 @@ class HolderVerifier:
         return verified.status_uri is None or self.status_lists.fresh(verified.status_uri) is not None
 
     def _first_sight(self, token: str, now: float) -> VerifiedToken:
-        parsed = _jose.parse(token, max_length=MAX_TOKEN_LENGTH)
-        alg = _jose.check_header(parsed.header, algorithms=self.algorithms, typ=ACCESS_TOKEN_TYP)
-        claims = parsed.claims
+        header_b64, payload_b64, signature_b64 = _jose.split_compact(token, MAX_TOKEN_LENGTH)
+        # A broker signs every token with the same few headers: a header already checked is
+        # not parsed again (only headers that passed every check are remembered, at most 64).
+        known = self._headers.get(header_b64)
+        if known is None:
+            header = _jose.json_object(_jose.b64url_decode(header_b64, "header"), "header")
+            alg = _jose.check_header(header, algorithms=self.algorithms, typ=ACCESS_TOKEN_TYP)
+            known = (alg, header["kid"])
+            if len(self._headers) < 64:
+                self._headers[header_b64] = known
+        alg, kid = known
+        if not payload_b64:
+            raise TokenInvalid(
+                "the payload is empty (detached payloads are not accepted)", reason="malformed"
+            )
+        claims = _jose.json_object(_jose.b64url_decode(payload_b64, "payload"), "payload")
+        signature = _jose.b64url_decode(signature_b64, "signature")
         iss = claims.get("iss")
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None  # exact match (J11)
         if issuer is None:
             raise TokenInvalid("the token's issuer is not trusted", reason="iss")
-        key = issuer.keys.get(parsed.header["kid"])
+        key = issuer.keys.get(kid)
         if key.alg != alg:  # J17: the key's algorithm binds it
             raise TokenInvalid("the key is not for this algorithm", reason="alg")
-        key.verify(parsed.signing_input, parsed.signature)
+        key.verify(f"{header_b64}.{payload_b64}".encode("ascii"), signature)
         verified = self._check_claims(claims, issuer.issuer, now)
         if len(self._cache) >= self._cache_size:
             self._evict(now)
@@ -402,15 +412,17 @@ class HolderVerifier:
             live = dict(list(live.items())[len(live) // 2 :])
         self._cache = live
 
-    def _check_claims(self, claims: Mapping[str, Any], issuer: str, now: float) -> VerifiedToken:
+    def _check_claims(self, claims: dict[str, Any], issuer: str, now: float) -> VerifiedToken:
         for name in _REQUIRED:
             if name not in claims:
                 raise TokenInvalid(f"claim {name!r} is required", reason="claims")
         aud = claims["aud"]
-        audiences = [aud] if isinstance(aud, str) else aud
-        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-            raise TokenInvalid("aud is not a string or a list of strings", reason="aud")
-        if self.audience not in audiences:  # whole strings only
+        if type(aud) is not str:  # the broker's tokens name one audience; a list is read too
+            if not isinstance(aud, list) or not all(type(a) is str for a in aud):
+                raise TokenInvalid("aud is not a string or a list of strings", reason="aud")
+            if self.audience not in aud:  # whole strings only
+                raise TokenInvalid("the token is meant for another holder (aud)", reason="aud")
+        elif aud != self.audience:
             raise TokenInvalid("the token is meant for another holder (aud)", reason="aud")
         exp, iat = _number(claims, "exp"), _number(claims, "iat")
         nbf = _number(claims, "nbf") if "nbf" in claims else iat
@@ -422,8 +434,11 @@ class HolderVerifier:
             raise TokenInvalid("the token was issued in the future (iat)", reason="iat")
         if exp - iat > self.max_token_lifetime:
             raise TokenInvalid("the token lives longer than an access token may", reason="exp")
-        subject, jti = _string(claims, "sub"), _string(claims, "jti")
-        client_id, consent_id = _string(claims, "client_id"), _string(claims, "consent_id")
+        for name in _STRINGS:
+            value = claims[name]
+            if type(value) is not str or not value:
+                raise TokenInvalid(f"claim {name!r} is not a non-empty string", reason="claims")
+        consent_id = claims["consent_id"]
         handle = claims.get("link_handle")
         if handle is not None and not isinstance(handle, str):
             raise TokenInvalid("link_handle is not a string", reason="claims")
@@ -448,20 +463,20 @@ class HolderVerifier:
         categories, purposes = granted_categories(claims, self.holder_id)
         return VerifiedToken(
             issuer=issuer,
-            subject=subject,
+            subject=claims["sub"],
             audience=self.audience,
-            client_id=client_id,
+            client_id=claims["client_id"],
             consent_id=consent_id,
             link_handle=handle,
             categories=categories,
             purposes=purposes,
-            token_id=jti,
+            token_id=claims["jti"],
             issued_at=iat,
             expires_at=exp,
             jkt=jkt,
             status_uri=status_uri,
             status_idx=status_idx,
-            claims=dict(claims),
+            claims=MappingProxyType(claims),  # read-only: the cached result is shared
             _expired_after=exp + self.leeway,
             _valid_from=nbf - self.leeway,
             _revocation_key=f"{issuer} {consent_id}",
