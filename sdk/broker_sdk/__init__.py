@@ -6,6 +6,7 @@ checks broker access tokens; :class:`ReceiptSender` reports each release to the 
 :class:`AppClient` registers, asks for consent, gets and refreshes tokens and calls holders.
 """
 
+from broker_sdk._jose import load_private_key
 from broker_sdk.app import (
     AccessToken,
     AppClient,
@@ -83,6 +84,7 @@ __all__ = [
     "link_response",
     "link_token",
     "load_manifest",
+    "load_private_key",
     "new_handle",
     "parse_link_request",
     "verify_token",
