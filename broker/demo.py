@@ -96,6 +96,7 @@ DEMO_APP: dict[str, Any] = {
 # What the demo app seeded by ``make run`` declares beyond DEMO_APP (which tests use as their
 # compliant base): the reimbursements the demo insurer serves, optional, for a second purpose.
 DEMO_APP_SEEDED: dict[str, Any] = copy.deepcopy(DEMO_APP)
+DEMO_APP_SEEDED["client_uri"] = "http://127.0.0.1:8001"  # the example app (examples/diabetes_app)
 DEMO_APP_SEEDED["charter_manifest"]["purposes"].append(
     {
         "id": "health_budget",

@@ -83,6 +83,7 @@ def _client_id(config: AppConfig, client: AppClient) -> str:
     saved = config.state_dir / "registration.json"
     manifest = json.loads(MANIFEST.read_text())
     manifest["redirect_uris"] = [config.redirect_uri]
+    manifest["client_uri"] = config.origin
     if saved.is_file():
         registration = Registration.from_json(json.loads(saved.read_text()))
         if registration.metadata.get("redirect_uris") == manifest["redirect_uris"]:
