@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     python = sys.executable
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+    # Ctrl-C reaches the whole process group: each server stops on its own, and the launcher
+    # waits for them. Installed explicitly: a shell may start us with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker_process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(WALKTHROUGH.format(broker=broker, app=app, lab=lab, insurer=insurer), flush=True)
         while all(p.poll() is None for _, p in processes):
             time.sleep(0.5)
+        time.sleep(0.5)  # a Ctrl-C that stopped a server reaches us too: let it win the race
         stopped = next(name for name, p in processes if p.poll() is not None)
         print(f"{stopped} stopped: stopping the others", file=sys.stderr)
         _stop(processes)
