@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromQuery
 
 from examples.common.holder import HolderConfig, fhir, holder_app, release
 from examples.lab_holder import data
@@ -16,7 +17,9 @@ PORT = 8002
 
 
 @get("/fhir/Observation", include_in_schema=False)
-async def observations(request: Request[Any, Any, Any], code: str | None = None) -> Response[dict[str, Any]]:
+async def observations(
+    request: Request[Any, Any, Any], code: FromQuery[str | None] = None
+) -> Response[dict[str, Any]]:
     """FHIR search ``Observation?code=`` on the token's patient; ``lab_results`` is required."""
     granted = release(request)
     found = data.search(granted.record_id, code)
