@@ -200,14 +200,19 @@ class BackgroundSequencer:
             await asyncio.sleep(self.interval)
 
     async def start(self) -> None:
-        if self.interval > 0 and self._task is None:
+        # An app may be started again on another event loop (a test client opened twice):
+        # a task left on another loop is that loop's to end.
+        running = self._task is not None and self._task.get_loop() is asyncio.get_running_loop()
+        if self.interval > 0 and not running:
             self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
