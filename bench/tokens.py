@@ -179,6 +179,20 @@ class LoadResult:
     first_error: str = ""
     broken_chains: int = 0
     spread: list[int] = field(default_factory=list)  # connections held by each server process
+    cpu_seconds: float | None = None  # CPU time of the server's processes in the counted window
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in a process group, from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def connection_spread(port: int) -> list[int]:
@@ -205,6 +219,7 @@ async def drive(
     seed: Callable[[Connection, int], Awaitable[str]],
     warmup: float,
     duration: float,
+    server_pgid: int | None = None,
 ) -> LoadResult:
     result = LoadResult()
     # Every chain gets its refresh token (and, for the reference, its pinned connection) first.
@@ -255,8 +270,18 @@ async def drive(
             conn.close()
             return
 
+    async def cpu_meter() -> None:
+        # The server's CPU time per request: a figure the other loads on a shared machine
+        # disturb less than throughput (they take cores away, not work per request).
+        if server_pgid is None:
+            return
+        await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
+        before = group_cpu_seconds(server_pgid)
+        await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+        result.cpu_seconds = group_cpu_seconds(server_pgid) - before
+
     try:
-        await asyncio.gather(*(chain(i) for i in range(chains)))
+        await asyncio.gather(cpu_meter(), *(chain(i) for i in range(chains)))
     finally:
         for conn in connections:
             conn.close()
@@ -276,6 +301,13 @@ class Row:
     def rate(self) -> float:
         return (self.result.requests - self.result.errors) / self.duration
 
+    @property
+    def cpu_per_request_ms(self) -> float | None:
+        served = self.result.requests - self.result.errors
+        if self.result.cpu_seconds is None or not served:
+            return None
+        return self.result.cpu_seconds * 1000 / served
+
     def cells(self, reference: float | None) -> tuple[str, ...]:
         lat = self.result.latencies_ms
         p50 = statistics.median(lat) if lat else float("nan")
@@ -292,6 +324,7 @@ class Row:
             f"{self.rate:.0f}",
             f"{p50:.1f}",
             f"{p99:.1f}",
+            f"{self.cpu_per_request_ms:.2f}" if self.cpu_per_request_ms else "?",
             ratio,
         )
 
@@ -418,7 +451,9 @@ def bench_broker(backend: str, url: str, args: argparse.Namespace, tmp: Path) ->
             return tokens[index]
 
         with profiling(server, args, backend):
-            result = asyncio.run(drive(port, args.concurrency, client_id, seed, args.warmup, args.duration))
+            result = asyncio.run(
+                drive(port, args.concurrency, client_id, seed, args.warmup, args.duration, server.pid)
+            )
     if result.errors:
         print(f"# broker {backend}: first error: {result.first_error}", file=sys.stderr)
         print(f"# broker {backend} log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
@@ -453,6 +488,7 @@ def profiling(server: subprocess.Popen[Any], args: argparse.Namespace, backend: 
                     str(seconds),
                     "-r",
                     "200",
+                    "--gil",  # only the thread holding the GIL: where the CPU goes
                     "-f",
                     "raw",
                     "-o",
@@ -503,7 +539,7 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
     }
     log = tmp / "reference.log"
     ready = f"http://127.0.0.1:{port}/.well-known/openid-configuration"
-    with running([node, "server.mjs"], env, ready, log, cwd=where):
+    with running([node, "server.mjs"], env, ready, log, cwd=where) as server:
         # Wait for every worker: the first one answering does not mean the others listen.
         time.sleep(1.0)
 
@@ -514,7 +550,9 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
                 raise RuntimeError(f"seed failed: {status} {payload[:300]!r}")
             return str(json.loads(payload)["refresh_token"])
 
-        result = asyncio.run(drive(port, args.concurrency, "bench-app", seed, args.warmup, args.duration))
+        result = asyncio.run(
+            drive(port, args.concurrency, "bench-app", seed, args.warmup, args.duration, server.pid)
+        )
     if result.errors:
         print(f"# reference: first error: {result.first_error}", file=sys.stderr)
         print(f"# reference log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
@@ -589,6 +627,7 @@ def main() -> None:
         "req/s",
         "p50 ms",
         "p99 ms",
+        "cpu ms/req",
         "req/s / ref",
     )
     print_table(header, [r.cells(ref_rate) for r in rows])

@@ -29,7 +29,7 @@ from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
-from broker.http import in_transaction
+from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
 from broker.settings import Settings
 from broker.web.i18n import STATIC
@@ -164,7 +164,11 @@ async def index(state: State) -> str:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    engine = make_engine(settings.database_url)
+    # A unit of work may hold a second connection (the replay cache's own transaction).
+    engine = make_engine(
+        settings.database_url, pool_size=settings.db_threads, max_overflow=settings.db_threads
+    )
+    configure_database_threads(settings.db_threads)
     session_factory = make_session_factory(engine)
     keystore = KeyStore(settings.key_dir)
     if settings.dev_mode or settings.demo:

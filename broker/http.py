@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from litestar import Request
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,6 +62,32 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
     return value.strip()
 
 
+class _DatabaseThreads:
+    """How many threads of a process do database work at once (``BROKER_DB_THREADS``).
+
+    anyio's default allows 40: on the token endpoint's load that many threads spent their time
+    waiting for the GIL while one of them held SQLite's write lock, and opened connections
+    beyond the pool's size only to close them again.
+    """
+
+    size = 8
+    _limiter: CapacityLimiter | None = None
+
+    @classmethod
+    def configure(cls, size: int) -> None:
+        if size != cls.size or cls._limiter is None:
+            cls.size, cls._limiter = size, CapacityLimiter(size)
+
+    @classmethod
+    def limiter(cls) -> CapacityLimiter:
+        if cls._limiter is None:
+            cls._limiter = CapacityLimiter(cls.size)
+        return cls._limiter
+
+
+configure_database_threads = _DatabaseThreads.configure
+
+
 async def in_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
     """Run ``work`` in a worker thread inside one transaction, committed once at the end."""
 
@@ -69,4 +95,4 @@ async def in_transaction(factory: sessionmaker[Session], work: Callable[[Session
         with transaction(factory) as session:
             return work(session)
 
-    return await to_thread.run_sync(run)
+    return await to_thread.run_sync(run, limiter=_DatabaseThreads.limiter())

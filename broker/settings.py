@@ -105,6 +105,9 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     #: BROKER_TOKEN_LIFETIME — seconds an access token lives (≤ 300, DESIGN step 6).
     token_lifetime: int = 300
+    # Threads doing database work at once per process, and the connection pool's size: more
+    # threads than cores only fight over the GIL (and over SQLite's one writer).
+    db_threads: int = 8
     #: BROKER_CHARTER_VERSION — the charter version this broker enforces (latest if empty).
     charter_version: str | None = None
     #: BROKER_SESSION_IDLE_TIMEOUT — seconds without activity after which a patient's session
@@ -194,6 +197,7 @@ class Settings:
             policy_mode=policy,  # type: ignore[arg-type]
             max_body_bytes=_int(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, 1024, 10 * 1024 * 1024),
             token_lifetime=_int(env, "BROKER_TOKEN_LIFETIME", 300, 30, 300),
+            db_threads=_int(env, "BROKER_DB_THREADS", 8, 1, 64),
             charter_version=env.get("BROKER_CHARTER_VERSION", "").strip() or None,
             session_idle_timeout=idle,
             session_absolute_timeout=absolute,

@@ -19,6 +19,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _raw_exchange(port: int, chunks: list[bytes]) -> bytes:
+    """Send ``chunks`` on one connection (stopping if the server closes it); all it answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def assert_request_head_is_bounded(port: int) -> None:
+    """SECURITY J13: a huge header is refused with 431 and the connection closed, without the
+    server reading all of it; a request head within the bound is served."""
+    within = b"GET /jwks.json HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    assert _raw_exchange(port, [within]).startswith(b"HTTP/1.1 200")
+    huge = [b"GET /jwks.json HTTP/1.1\r\nHost: x\r\nX-Pad: "] + [b"a" * 65536] * 160  # 10 MiB
+    started = time.monotonic()
+    answer = _raw_exchange(port, [*huge, b"\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert time.monotonic() - started < 5
+    # Many small headers add up the same way.
+    many = b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 4000 + b"\r\n"
+    assert _raw_exchange(port, [many]).startswith(b"HTTP/1.1 431")
+    # A body is not a head: a POST larger than the head bound is parsed as usual.
+    body = b"grant_type=refresh_token&refresh_token=" + b"x" * 30000
+    post = (
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    answer = _raw_exchange(port, [post])
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # the body was read: no client_id
+    assert b'"error":"invalid_client"' in answer
+
+
 def test_run_serves_within_seconds_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = _free_port()
     env = {
@@ -66,6 +107,7 @@ def test_run_serves_within_seconds_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             "labo-demo",
         ]
         print(f"ready after {ready_after:.2f} s")
+        assert_request_head_is_bounded(port)
     finally:
         server.send_signal(signal.SIGINT)
         try:

@@ -18,13 +18,15 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlencode
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from sqlalchemy import select, update
+from sqlalchemy import Table, and_, bindparam, select
 from sqlalchemy.orm import Session
 
+from broker.audit.log import append_event
+from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
 from broker.charter import Charter, allowed_categories
 from broker.consent.models import (
@@ -309,6 +311,17 @@ def issue_code(
 
 
 # -- the token endpoint ---------------------------------------------------------------------
+#
+# The token endpoint is the broker's hot path: every app refreshes every few minutes. It reads
+# with single Core statements (no ORM identity map, no unit-of-work flush), signs, then writes
+# with two statements at the end, so that SQLite's database-wide write lock is held only for
+# the writes and the commit (DESIGN, performance notes).
+
+_RT = cast(Table, RefreshToken.__table__)
+_CONSENTS = cast(Table, ConsentRecord.__table__)
+_HOLDERS = cast(Table, Holder.__table__)
+_LINKS = cast(Table, HolderLink.__table__)
+_APPS = cast(Table, App.__table__)
 
 
 def pairwise_subject(secret_key: bytes, patient_id: str, client_id: str) -> str:
@@ -317,27 +330,93 @@ def pairwise_subject(secret_key: bytes, patient_id: str, client_id: str) -> str:
     return "p_" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+class Client(NamedTuple):
+    """The authenticated app, as much of it as the token endpoint needs."""
+
+    client_id: str
+    status: str
+
+
+class ConsentFacts(NamedTuple):
+    """What the token endpoint reads of a consent record."""
+
+    id: str
+    patient_id: str
+    client_id: str
+    grants: list[dict[str, Any]]
+    status: str
+    expires_at: datetime
+    status_entry_id: int
+
+    @classmethod
+    def of(cls, record: ConsentRecord) -> ConsentFacts:
+        return cls(
+            record.id,
+            record.patient_id,
+            record.client_id,
+            record.grants,
+            record.status,
+            record.expires_at,
+            record.status_entry_id,
+        )
+
+
+class HolderFacts(NamedTuple):
+    identifier: str
+    base_url: str
+    status: str
+    link_handle: str | None  # the patient's active link there, if any
+
+
 @dataclass
 class TokenContext:
     settings: Settings
     keystore: KeyStore
     now: datetime
-    authenticate: Callable[[Session, Mapping[str, str]], App]  # client authentication
+    authenticate: Callable[[Session, Mapping[str, str]], Client]  # client authentication
     # Thumbprint of the DPoP key proven with this request (RFC 9449 §5), already verified.
     dpop_jkt: str | None = None
 
 
-def _granted_holders(consent: ConsentRecord) -> dict[str, list[dict[str, Any]]]:
+def _granted_holders(consent: ConsentFacts) -> dict[str, list[dict[str, Any]]]:
     by_holder: dict[str, list[dict[str, Any]]] = {}
     for grant in consent.grants:
         by_holder.setdefault(grant["holder"], []).append(grant)
     return by_holder
 
 
-def _select_holder(session: Session, consent: ConsentRecord, resource: str | None) -> Holder:
+_HOLDERS_OF_CONSENT = (
+    select(_HOLDERS.c.identifier, _HOLDERS.c.base_url, _HOLDERS.c.status, _LINKS.c.handle)
+    .select_from(
+        _HOLDERS.outerjoin(
+            _LINKS,
+            and_(
+                _LINKS.c.holder_id == _HOLDERS.c.identifier,
+                _LINKS.c.patient_id == bindparam("patient_id"),
+                _LINKS.c.status == "active",
+            ),
+        )
+    )
+    .where(_HOLDERS.c.identifier.in_(bindparam("holder_ids", expanding=True)))
+)
+
+
+def _holders_of(session: Session, consent: ConsentFacts) -> dict[str, HolderFacts]:
+    """The consent's holders, with the patient's link at each, in one statement."""
+    rows = session.connection().execute(
+        _HOLDERS_OF_CONSENT,
+        {"patient_id": consent.patient_id, "holder_ids": list(_granted_holders(consent))},
+    )
+    return {row[0]: HolderFacts(*row) for row in rows}
+
+
+def _select_holder(
+    consent: ConsentFacts, holders: Mapping[str, HolderFacts], resource: str | None
+) -> HolderFacts:
     """RFC 8707: the holder whose API ``resource`` names (base URL or identifier)."""
-    holders = [session.get(Holder, h) for h in _granted_holders(consent)]
-    candidates = [h for h in holders if h is not None and h.status == "approved"]
+    candidates = [
+        holders[h] for h in _granted_holders(consent) if h in holders and holders[h].status == "approved"
+    ]
     if not candidates:
         raise InvalidGrant("no approved holder remains under this consent")
     if resource is None:
@@ -348,7 +427,7 @@ def _select_holder(session: Session, consent: ConsentRecord, resource: str | Non
     raise InvalidTarget("resource: not a holder this consent covers")
 
 
-def _check_consent_usable(consent: ConsentRecord, app: App, now: datetime) -> None:
+def _check_consent_usable(consent: ConsentFacts, app: Client, now: datetime) -> None:
     status = effective_status(consent, app, now)
     if status != VALID:
         reason = (
@@ -360,22 +439,16 @@ def _check_consent_usable(consent: ConsentRecord, app: App, now: datetime) -> No
 
 
 def _access_token(
-    session: Session, ctx: TokenContext, consent: ConsentRecord, app: App, holder: Holder
-) -> tuple[str, list[dict[str, Any]]]:
+    ctx: TokenContext, consent: ConsentFacts, app: Client, holder: HolderFacts
+) -> tuple[str, str]:
     issuer = ctx.settings.issuer
     grants = _granted_holders(consent)[holder.identifier]
-    link = session.scalars(
-        select(HolderLink).where(
-            HolderLink.patient_id == consent.patient_id,
-            HolderLink.holder_id == holder.identifier,
-            HolderLink.status == "active",
-        )
-    ).first()
-    if link is None:
+    if holder.link_handle is None:
         raise InvalidGrant("the patient is no longer linked to this holder")
     uri, idx = status_reference(consent.status_entry_id, issuer)
     categories = sorted({c for g in grants for c in g["categories"]})
     now = int(ctx.now.timestamp())
+    jti = secrets.token_urlsafe(16)
     claims = {
         "iss": issuer,
         "sub": pairwise_subject(ctx.settings.secret_key, consent.patient_id, app.client_id),
@@ -383,44 +456,52 @@ def _access_token(
         "iat": now,
         "nbf": now,
         "exp": now + ctx.settings.token_lifetime,
-        "jti": secrets.token_urlsafe(16),
+        "jti": jti,
         "client_id": app.client_id,
         "scope": " ".join(categories),
         "authorization_details": grants,
         "consent_id": consent.id,
-        "link_handle": link.handle,
+        "link_handle": holder.link_handle,
         "status": {"status_list": {"idx": idx, "uri": uri}},
     }
     if ctx.dpop_jkt:
         claims["cnf"] = {"jkt": ctx.dpop_jkt}  # RFC 9449 §6.1: sender-constrained
     # RFC 9068 §2.1: typ "at+jwt", so an access token cannot pass for any other JWT.
-    return ctx.keystore.sign(claims, typ="at+jwt"), grants
+    return ctx.keystore.sign(claims, typ="at+jwt"), jti
 
 
 def _store_refresh_token(
-    session: Session, ctx: TokenContext, consent: ConsentRecord, family_id: str, token: str
+    session: Session, ctx: TokenContext, consent: ConsentFacts, family_id: str, token: str
 ) -> str:
-    session.add(
-        RefreshToken(
-            token_hash=secret_digest(ctx.settings.secret_key, token),
-            family_id=family_id,
-            consent_id=consent.id,
-            client_id=consent.client_id,
-            created_at=ctx.now,
-            expires_at=min(consent.expires_at, ctx.now + REFRESH_IDLE),
-            dpop_jkt=ctx.dpop_jkt,
-        )
+    session.connection().execute(
+        _RT.insert(),
+        {
+            "token_hash": secret_digest(ctx.settings.secret_key, token),
+            "family_id": family_id,
+            "consent_id": consent.id,
+            "client_id": consent.client_id,
+            "created_at": ctx.now,
+            "expires_at": min(consent.expires_at, ctx.now + REFRESH_IDLE),
+            "used_at": None,
+            "revoked_at": None,
+            "dpop_jkt": ctx.dpop_jkt,
+        },
     )
     return token
 
 
 def _token_response(
-    session: Session, ctx: TokenContext, consent: ConsentRecord, app: App, holder: Holder, refresh: str
-) -> dict[str, Any]:
-    access, _ = _access_token(session, ctx, consent, app, holder)
+    ctx: TokenContext,
+    consent: ConsentFacts,
+    app: Client,
+    holders: Mapping[str, HolderFacts],
+    holder: HolderFacts,
+    refresh: str,
+) -> tuple[dict[str, Any], str]:
+    access, jti = _access_token(ctx, consent, app, holder)
     details = []
     for holder_id, grants in _granted_holders(consent).items():
-        target = session.get(Holder, holder_id)
+        target = holders.get(holder_id)
         for grant in grants:
             # RFC 9396 §2.2 ``locations``: where the app takes the token (DESIGN step 8).
             details.append({**grant, "locations": [target.base_url] if target else []})
@@ -432,14 +513,34 @@ def _token_response(
         "scope": " ".join(sorted({c for g in consent.grants for c in g["categories"]})),
         "authorization_details": details,
         "consent_id": consent.id,
-    }
+    }, jti
+
+
+def _record_tokens(
+    session: Session, ctx: TokenContext, tag: EventTag, consent: ConsentFacts, holder: HolderFacts, jti: str
+) -> None:
+    """The audit log's record of tokens given to an app (same transaction, one INSERT)."""
+    grants = _granted_holders(consent)[holder.identifier]
+    append_event(
+        session,
+        tag=tag,
+        patient_id=consent.patient_id,
+        actor=f"app:{consent.client_id}",
+        details={
+            "app": consent.client_id,
+            "holder": holder.identifier,
+            "categories": sorted({c for g in grants for c in g["categories"]}),
+            "consent_id": consent.id,
+            "token_jti": jti,
+            "sender_constrained": ctx.dpop_jkt is not None,
+        },
+        at=ctx.now,
+    )
 
 
 def _revoke_family(session: Session, family_id: str, now: datetime) -> None:
-    session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now)
+    session.connection().execute(
+        _RT.update().where(_RT.c.family_id == family_id, _RT.c.revoked_at.is_(None)).values(revoked_at=now)
     )
 
 
@@ -454,7 +555,7 @@ def token_request(session: Session, form: Mapping[str, str], ctx: TokenContext) 
     raise UnsupportedGrantType("grant_type must be authorization_code or refresh_token")
 
 
-def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: App) -> dict[str, Any]:
+def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: Client) -> dict[str, Any]:
     code = form.get("code")
     if not code:
         raise InvalidRequest("code is required")
@@ -480,50 +581,92 @@ def _code_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, ap
         raise InvalidGrant("code_verifier is required (43 to 128 characters)")
     if not hmac.compare_digest(create_s256_code_challenge(verifier), row.code_challenge):
         raise InvalidGrant("code_verifier does not match the code_challenge")
-    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
-    if consent is None:
+    record = session.get(ConsentRecord, row.consent_id, with_for_update=True)
+    if record is None:
         raise InvalidGrant("the consent no longer exists")
+    consent = ConsentFacts.of(record)
     _check_consent_usable(consent, app, ctx.now)
-    holder = _select_holder(session, consent, form.get("resource"))
+    holders = _holders_of(session, consent)
+    holder = _select_holder(consent, holders, form.get("resource"))
     family_id = "fam_" + secrets.token_urlsafe(16)
     refresh = new_secret("hcb_rt")
     # Everything is read and signed first; the writes come last, so that the write lock
     # (SQLite's is database-wide) is held only for them and the commit.
-    body = _token_response(session, ctx, consent, app, holder, refresh)
+    body, jti = _token_response(ctx, consent, app, holders, holder, refresh)
     row.used_at = ctx.now
     row.family_id = family_id
+    session.flush()
     _store_refresh_token(session, ctx, consent, family_id, refresh)
+    _record_tokens(session, ctx, EventTag.TOKEN_ISSUED, consent, holder, jti)
     return body
 
 
-def _refresh_grant(session: Session, form: Mapping[str, str], ctx: TokenContext, app: App) -> dict[str, Any]:
+_REFRESH_LOOKUP = (
+    select(
+        _RT.c.family_id,
+        _RT.c.client_id,
+        _RT.c.expires_at,
+        _RT.c.used_at,
+        _RT.c.revoked_at,
+        _RT.c.dpop_jkt,
+        _CONSENTS.c.id,
+        _CONSENTS.c.patient_id,
+        _CONSENTS.c.client_id,
+        _CONSENTS.c.grants,
+        _CONSENTS.c.status,
+        _CONSENTS.c.expires_at,
+        _CONSENTS.c.status_entry_id,
+    )
+    .select_from(_RT.join(_CONSENTS, _CONSENTS.c.id == _RT.c.consent_id))
+    .where(_RT.c.token_hash == bindparam("token_hash"))
+    # Lock order, everywhere: the consent first, then what hangs from it. A revocation takes
+    # the same locks in the same order, so a refresh racing a revocation waits, never
+    # deadlocks. (The refresh token's row is locked by the claiming UPDATE below.)
+    .with_for_update(of=_CONSENTS)
+)
+
+_CLAIM_REFRESH = (
+    _RT.update()
+    .where(_RT.c.token_hash == bindparam("spent_hash"), _RT.c.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+
+
+def _refresh_grant(
+    session: Session, form: Mapping[str, str], ctx: TokenContext, app: Client
+) -> dict[str, Any]:
     token = form.get("refresh_token")
     if not token:
         raise InvalidRequest("refresh_token is required")
-    row = session.get(RefreshToken, secret_digest(ctx.settings.secret_key, token))
-    if row is None or row.client_id != app.client_id:
+    token_hash = secret_digest(ctx.settings.secret_key, token)
+    connection = session.connection()
+    found = connection.execute(_REFRESH_LOOKUP, {"token_hash": token_hash}).first()
+    if found is None or found[1] != app.client_id:
         raise InvalidGrant("the refresh token is invalid")
-    # Lock order, everywhere: the consent first, then what hangs from it. A revocation takes
-    # the same locks in the same order, so a refresh racing a revocation waits, never deadlocks.
-    consent = session.get(ConsentRecord, row.consent_id, with_for_update=True)
-    session.refresh(row, with_for_update=True)
-    if consent is None:
-        raise InvalidGrant("the consent no longer exists")
-    if row.used_at is not None:
+    family_id, _, expires_at, used_at, revoked_at, dpop_jkt = found[:6]
+    consent = ConsentFacts._make(found[6:])
+    if used_at is not None:
         # RFC 9700 §4.14.2: reuse of a rotated token revokes the whole family.
-        _revoke_family(session, row.family_id, ctx.now)
+        _revoke_family(session, family_id, ctx.now)
         raise ReplayRefused("the refresh token was already used; its family is revoked")
-    if row.revoked_at is not None or row.expires_at <= ctx.now:
+    if revoked_at is not None or expires_at <= ctx.now:
         raise InvalidGrant("the refresh token is revoked or expired")
     # RFC 9449 §5: a refresh token bound to a DPoP key is used with a proof of that key.
-    if row.dpop_jkt is not None and row.dpop_jkt != ctx.dpop_jkt:
+    if dpop_jkt is not None and dpop_jkt != ctx.dpop_jkt:
         raise InvalidGrant("this refresh token is bound to a DPoP key: send a proof of it")
     _check_consent_usable(consent, app, ctx.now)
-    holder = _select_holder(session, consent, form.get("resource"))
+    holders = _holders_of(session, consent)
+    holder = _select_holder(consent, holders, form.get("resource"))
     refresh = new_secret("hcb_rt")
-    body = _token_response(session, ctx, consent, app, holder, refresh)  # reads first, as above
-    row.used_at = ctx.now
-    _store_refresh_token(session, ctx, consent, row.family_id, refresh)
+    body, jti = _token_response(ctx, consent, app, holders, holder, refresh)  # reads first, as above
+    # The claim is the check that counts: of two requests racing with the same token, one
+    # UPDATE finds it unused; the other finds it spent and is treated as a reuse.
+    claimed = connection.execute(_CLAIM_REFRESH, {"spent_hash": token_hash, "now": ctx.now})
+    if claimed.rowcount != 1:
+        _revoke_family(session, family_id, ctx.now)
+        raise ReplayRefused("the refresh token was already used; its family is revoked")
+    _store_refresh_token(session, ctx, consent, family_id, refresh)
+    _record_tokens(session, ctx, EventTag.TOKEN_REFRESHED, consent, holder, jti)
     return body
 
 
@@ -603,3 +746,21 @@ def check_client_id_only(session: Session, form: Mapping[str, str]) -> App:
     if app.token_endpoint_auth_method != "none":  # noqa: S105 (a method name, not a secret)
         raise InvalidClient("this client must authenticate with private_key_jwt")
     return app
+
+
+_PUBLIC_CLIENT = select(_APPS.c.status, _APPS.c.token_endpoint_auth_method).where(
+    _APPS.c.client_id == bindparam("client_id")
+)
+
+
+def public_token_client(session: Session, form: Mapping[str, str]) -> Client:
+    """``check_client_id_only`` for the token endpoint, in one Core statement."""
+    client_id = form.get("client_id")
+    found = (
+        session.connection().execute(_PUBLIC_CLIENT, {"client_id": client_id}).first() if client_id else None
+    )
+    if client_id is None or found is None or found[0] == "deleted":
+        raise InvalidClient("unknown client")
+    if found[1] != "none":
+        raise InvalidClient("this client must authenticate with private_key_jwt")
+    return Client(client_id, found[0])

@@ -75,6 +75,14 @@ def authenticate_client(session: Session, form: Mapping[str, str], state: State)
     return app
 
 
+def token_client(session: Session, form: Mapping[str, str], state: State) -> oauth.Client:
+    """The token endpoint's client authentication: public apps in one statement."""
+    if "client_assertion" not in form and "client_assertion_type" not in form:
+        return oauth.public_token_client(session, form)
+    app = authenticate_client(session, form, state)
+    return oauth.Client(app.client_id, app.status)
+
+
 def dpop_thumbprint(session: Session, request: Request[Any, Any, Any], state: State) -> str | None:
     """RFC 9449 §4.3: verify the request's DPoP proof, if any; the key's thumbprint."""
     proofs = request.headers.getall("dpop", [])
@@ -105,7 +113,7 @@ async def token(request: Request[Any, Any, Any], state: State) -> Response[dict[
             settings=state.settings,
             keystore=state.keystore,
             now=utcnow(),
-            authenticate=lambda s, f: authenticate_client(s, f, state),
+            authenticate=lambda s, f: token_client(s, f, state),
             dpop_jkt=dpop_thumbprint(session, request, state),
         )
         return oauth.token_request(session, form, ctx)

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -272,7 +272,19 @@ def patient_consents(session: Session, patient_id: str) -> list[tuple[ConsentRec
     return [(consent, app) for consent, app in rows]
 
 
-def effective_status(consent: ConsentRecord, app: App, now: datetime) -> int:
+class _ConsentState(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+class _AppState(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+def effective_status(consent: _ConsentState, app: _AppState, now: datetime) -> int:
     """The Token Status List value of a consent's current entry."""
     if consent.status != "active" or consent.expires_at <= now:
         return INVALID
