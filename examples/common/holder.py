@@ -1,8 +1,10 @@
 """What both demo holders share: configuration, the link step's pages, token checks, receipts.
 
-A holder example is a Litestar app made by ``holder_app`` with its own FHIR routes. Every
-FHIR route calls ``release`` (verify the broker token for one data category, find the
-patient's record from the token's link handle) before answering, and ``receipt`` after.
+A holder example is a Litestar app made by ``holder_app`` with its own FHIR routes, behind
+the SDK's ``BrokerAuthMiddleware``, which verifies the broker token for the category of each
+path before the route runs. A route calls ``release`` (the verified token and the patient's
+record, found from the token's link handle), answers, and reports the release with
+``Release.receipt``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from broker_sdk import BrokerAuthMiddleware, HolderVerifier, ReceiptSender, VerifiedToken
 from broker_sdk.link import LinkRequestError, link_response, parse_link_request
@@ -30,11 +33,6 @@ log = logging.getLogger("examples.holder")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-class Account(Protocol):
-    record_id: str
-    display: str
-
-
 @dataclass(frozen=True)
 class HolderConfig:
     identifier: str
@@ -45,8 +43,7 @@ class HolderConfig:
     broker: str  # the issuer this holder trusts
     state_dir: Path  # signing key, receipt queue
     push: bool = True  # listen to the broker's push stream of revocations
-    status_max_age: float | None = None  # status list cache bound (None: the SDK's default)
-    extra: dict[str, Any] = field(default_factory=dict)
+    status_max_age: float | None = None  # how long a status list copy may serve (None: the SDK's)
 
     @property
     def origin(self) -> str:
@@ -109,7 +106,8 @@ class LinkHandles:
     """
 
     def __init__(self, key: jwk.JWK, records: Sequence[str]) -> None:
-        self._secret = hashlib.sha256(b"link-handles\x00" + key.export_private().encode()).digest()
+        private_scalar = json.loads(key.export_private())["d"]
+        self._secret = hashlib.sha256(b"link-handles\x00" + private_scalar.encode()).digest()
         self._records = tuple(records)
 
     def handle(self, broker: str, record_id: str) -> str:
@@ -149,10 +147,17 @@ class Release:
     token: VerifiedToken
     record_id: str
 
-    def receipt(self, request: Request[Any, Any, Any], categories: list[str], record_count: int) -> None:
-        """Report this release to the broker: queued on disk now, delivered in the background."""
+    async def receipt(
+        self, request: Request[Any, Any, Any], categories: list[str], record_count: int
+    ) -> None:
+        """Report this release to the broker: queued on disk now (a synced write, so off the
+        event loop), delivered in the background."""
+        import anyio.to_thread
+
         sender: ReceiptSender = request.app.state.receipts
-        sender.submit(self.token, categories=categories, record_count=record_count)
+        await anyio.to_thread.run_sync(
+            lambda: sender.submit(self.token, categories=categories, record_count=record_count)
+        )
 
 
 def release(request: Request[Any, Any, Any]) -> Release:
@@ -189,6 +194,7 @@ def holder_app(
         config.base_url,  # the audience of tokens issued for this holder
         holder_id=config.identifier,
         holder_key=key,  # signs the push stream subscription
+        **({"status_max_age": config.status_max_age} if config.status_max_age is not None else {}),
     )
     receipts = ReceiptSender(
         config.broker,
@@ -329,7 +335,6 @@ def main(
     port: int,
     build: Callable[[HolderConfig], Any],
 ) -> int:
-    import json
 
     import uvicorn
 

@@ -21,7 +21,7 @@ async def explanation_of_benefit(request: Request[Any, Any, Any]) -> Response[di
     granted = release(request)
     found = sorted(data.claims(granted.record_id), key=lambda c: c["created"], reverse=True)
     bundle = data.searchset(found, request.app.state.config.base_url)
-    granted.receipt(request, ["reimbursements"], len(found))
+    await granted.receipt(request, ["reimbursements"], len(found))
     return fhir(bundle)
 
 

@@ -24,7 +24,7 @@ async def observations(
     granted = release(request)
     found = data.search(granted.record_id, code)
     bundle = data.searchset(found, request.app.state.config.base_url)
-    granted.receipt(request, ["lab_results"], len(found))
+    await granted.receipt(request, ["lab_results"], len(found))
     return fhir(bundle)
 
 
@@ -34,7 +34,7 @@ async def patient(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     granted = release(request)
     record = next(p for p in data.PATIENTS if p.record_id == granted.record_id)
     bundle = data.searchset([data.patient_resource(record)], request.app.state.config.base_url)
-    granted.receipt(request, ["identity"], 1)
+    await granted.receipt(request, ["identity"], 1)
     return fhir(bundle)
 
 

@@ -303,19 +303,38 @@ def served() -> dict[str, set[str]]:
 
 
 def find_served(haystack: str, needles: dict[str, set[str]] | None = None) -> list[str]:
-    """The served strings found in ``haystack``. Numbers match only as whole numbers, so that
-    "7.43" is not found inside "17.431" (a timestamp's seconds); every other string as is."""
+    """The served strings found in ``haystack``.
+
+    A number is found only as a number of its own: not inside a longer number ("7.43" in a
+    timestamp's "17.431") and not inside a base64url run, where the dot between a JWS payload
+    ending in "9" and a signature starting with "55" would spell "9.55" by chance. Every
+    other string (codes, names, identifiers) is searched as is.
+    """
     needles = needles or served()
     found = []
     for kind, values in needles.items():
         for value in sorted(values):
             if kind == "values" and re.fullmatch(r"\d+\.\d+", value):
-                pattern = rf"(?<![\d.]){re.escape(value)}(?![\d])"
-                if re.search(pattern, haystack):
+                if re.search(_number(value), haystack):
                     found.append(f"{kind}: {value}")
             elif value in haystack:
                 found.append(f"{kind}: {value}")
     return found
+
+
+def _number(value: str) -> str:
+    return rf"(?<![\w.\-]){re.escape(value)}(?![\w\-]|\.\d)"
+
+
+def where(haystack: str, findings: list[str], width: int = 80) -> str:
+    """Each finding with the text around its first occurrence, to see what carried it."""
+    out = []
+    for finding in findings:
+        kind, value = finding.split(": ", 1)
+        match = re.search(_number(value) if kind == "values" else re.escape(value), haystack)
+        if match:
+            out.append(f"{finding}: …{haystack[max(0, match.start() - width) : match.end() + width]!r}…")
+    return "\n".join(out)
 
 
 def page_json(response: httpx.Response) -> Any:

@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import PG_ENV, backends
 from tests.e2e.browser import Browser
-from tests.e2e.stack import Database, Stack, find_served, served
+from tests.e2e.stack import Database, Stack, find_served, served, where
 
 pytestmark = pytest.mark.e2e
 
@@ -119,8 +119,8 @@ def test_the_demo_app_manifest_is_the_one_the_demo_seeds() -> None:
 
     manifest = json.loads((Path(__file__).parents[2] / "examples/diabetes_app/manifest.json").read_text())
     seeded = copy.deepcopy(DEMO_APP_SEEDED)
-    for where in ("redirect_uris", "client_uri"):  # the app puts its own address in these
-        manifest.pop(where), seeded.pop(where)
+    for name in ("redirect_uris", "client_uri"):  # the app puts its own address in these
+        manifest.pop(name), seeded.pop(name)
     assert manifest == seeded
 
 
@@ -184,16 +184,17 @@ def test_demo_flow_revocation_outage_and_the_one_rule(
     # -- THE ONE RULE ---------------------------------------------------------------------
     stack.down()
     needles = served()
-    in_database = find_served(stack.database.dump(), needles)
-    in_log = find_served(stack.log("broker"), needles)
+    dump, log = stack.database.dump(), stack.log("broker")
+    in_database = find_served(dump, needles)
+    in_log = find_served(log, needles)
     assert stack.proxy is not None
     capture = stack.proxy.text()
     in_traffic = find_served(capture, needles)
     assert "/token" in capture and "/receipts" in capture and "/consent/" in capture  # the capture is real
     assert "content-encoding" not in capture.lower(), "compressed answers would hide their content"
-    assert in_database == [], f"health data in the broker's database: {in_database}"
-    assert in_log == [], f"health data in the broker's log: {in_log}"
-    assert in_traffic == [], f"health data in the broker's traffic: {in_traffic}"
+    assert in_database == [], f"health data in the broker's database:\n{where(dump, in_database)}"
+    assert in_log == [], f"health data in the broker's log:\n{where(log, in_log)}"
+    assert in_traffic == [], f"health data in the broker's traffic:\n{where(capture, in_traffic)}"
     with capsys.disabled():
         print(
             f"\n[{stack.database.url.split(':')[0]}] revocation reached the holder after "

@@ -62,6 +62,9 @@ def test_served_strings_are_found_whole_and_only_whole() -> None:
     needles = {"values": {"7.43"}, "codes": {"14771-0"}, "names": {"MARTIN Gaëlle Josiane"}}
     assert find_served('{"value": 7.43, "unit": "mmol/L"}', needles) == ["values: 7.43"]
     assert find_served("2026-11-28T20:56:17.431+00:00 and 27.43", needles) == []
+    jws = "eyJhbGciOiJFUzI1NiJ9.eyJhIjoxfQ9.43kq-signature"  # a payload ending in 9, a signature...
+    assert find_served(jws.replace("9.43", "7.43"), needles) == []
+    assert find_served("<td>7.43 mmol/L</td>", needles) == ["values: 7.43"]
     assert find_served("code=14771-0 for MARTIN Gaëlle Josiane", needles) == [
         "codes: 14771-0",
         "names: MARTIN Gaëlle Josiane",
