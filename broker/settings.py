@@ -144,6 +144,11 @@ class Settings:
     def oidc_enabled(self) -> bool:
         return bool(self.oidc_issuer and self.oidc_client_id)
 
+    @property
+    def embedded_database(self) -> bool:
+        """SQLite: one machine, short units of work, one writer at a time."""
+        return self.database_url.startswith("sqlite")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

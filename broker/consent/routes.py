@@ -118,7 +118,7 @@ async def token(request: Request[Any, Any, Any], state: State) -> Response[dict[
         )
         return oauth.token_request(session, form, ctx)
 
-    body = await in_transaction(state.session_factory, work)
+    body = await in_transaction(state.session_factory, work, inline=state.settings.embedded_database)
     return Response(body, headers=NO_STORE)
 
 
