@@ -1,24 +1,37 @@
-"""Token endpoint: the refresh_token grant under load, the broker against a reference server.
+"""Token endpoint: the refresh_token grant under load, the broker against two reference servers.
 
 Runs ``broker serve --workers 2`` as its own process on SQLite (a temporary file) and on
-PostgreSQL (a schema of its own, created and dropped here), and node ``oidc-provider`` from the
-npm registry (installed into a temporary directory at each run; 2 cluster workers, in-memory
-adapter, refresh tokens rotated on every use, ES256 JWT access tokens), all on this machine in
-this run. Each server gets the same load: ``--concurrency`` chains, each one keep-alive HTTP/1.1
+PostgreSQL (a schema of its own, created and dropped here), and two references, all on this
+machine in this run:
+
+- node ``oidc-provider`` from the npm registry (installed into a temporary directory at each
+  run; 2 cluster workers, in-memory adapter, refresh tokens rotated on every use, ES256 JWT
+  access tokens);
+- ``django-oauth-toolkit`` from PyPI, the stack of CMS Blue Button 2.0 (installed into a
+  temporary venv at each run from bench/reference/django-oauth-toolkit/requirements.txt): its
+  stock ``TokenView`` under gunicorn (2 ``gthread`` workers of 8 threads), a public client,
+  refresh tokens rotated on every use with ``REFRESH_TOKEN_REUSE_PROTECTION`` (a reused one
+  revokes its family, as in the broker), opaque access tokens stored in the database. It runs
+  on the same two backends as the broker: a SQLite file of its own, and a PostgreSQL schema of
+  its own.
+
+Each server gets the same load: ``--concurrency`` chains, each one keep-alive HTTP/1.1
 connection to 127.0.0.1 that posts a refresh grant, takes the new refresh token from the answer
 and posts the next one (refresh tokens rotate: a spent one is refused and revokes its family).
 After ``--warmup`` seconds, answers are counted for ``--duration`` seconds.
 
-Prints one table: throughput, p50/p99 latency, errors, and each broker row's throughput as a
-ratio of the reference's. No assertion about time. Target (issue 4): at least the reference's
-throughput.
+Prints one table: throughput, p50/p99 latency, errors, server CPU time per request, each row's
+throughput as a ratio of oidc-provider's, and each broker row's throughput as a ratio of
+django-oauth-toolkit's on the same backend. No assertion about time. Target (issue 4): at least
+the reference's throughput.
 
     .venv/bin/python bench/tokens.py [--concurrency 16] [--duration 10] [--warmup 2]
+                                     [--no-reference] [--no-dot] [--no-sqlite] [--no-postgres]
 
 The load generator is a small asyncio HTTP/1.1 client written here (not httpx), so that its
 own cost stays low: it shares the 2 cores with the server it measures.
 """
-# ruff: noqa: S603, S607  (the bench starts its own servers, npm, ss and py-spy)
+# ruff: noqa: S603, S607  (the bench starts its own servers, npm, pip, ss and py-spy)
 
 from __future__ import annotations
 
@@ -49,6 +62,7 @@ import httpx
 from argon2 import PasswordHasher
 from authlib.integrations.httpx_client import OAuth2Client
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from broker.catalog import service as catalog
 from broker.charter import load_charter
@@ -61,6 +75,9 @@ from tests.factories import app_registration, holder_declaration
 ROOT = Path(__file__).resolve().parent.parent
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "oidc-provider"
+DOT_DIR = Path(__file__).resolve().parent / "reference" / "django-oauth-toolkit"
+DOT_THREADS = 8  # gunicorn gthread threads per worker
+DOT_LABEL = "django-oauth-toolkit"
 SECRET_KEY = "bench-secret-key-of-at-least-32-bytes"  # noqa: S105 (a throwaway bench key)
 PASSWORD = "une phrase de passe assez longue pour le banc"  # noqa: S105 (bench patients)
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the 303 is read
@@ -308,11 +325,12 @@ class Row:
             return None
         return self.result.cpu_seconds * 1000 / served
 
-    def cells(self, reference: float | None) -> tuple[str, ...]:
+    def cells(self, reference: float | None, same_backend: float | None = None) -> tuple[str, ...]:
         lat = self.result.latencies_ms
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = statistics.quantiles(lat, n=100)[98] if len(lat) >= 2 else float("nan")
         ratio = f"{self.rate / reference:.2f}" if reference else "-"
+        ratio_same_backend = f"{self.rate / same_backend:.2f}" if same_backend else "-"
         return (
             self.server,
             self.backend,
@@ -326,6 +344,7 @@ class Row:
             f"{p99:.1f}",
             f"{self.cpu_per_request_ms:.2f}" if self.cpu_per_request_ms else "?",
             ratio,
+            ratio_same_backend,
         )
 
 
@@ -569,7 +588,157 @@ def bench_reference(args: argparse.Namespace, tmp: Path) -> Row:
     )
 
 
+# -- the second reference: django-oauth-toolkit ----------------------------------------------
+
+
+def dot_venv(tmp: Path) -> Path:
+    """A venv with the pinned Django, django-oauth-toolkit and gunicorn (made once per run)."""
+    venv = tmp / "dot-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        installed = subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(DOT_DIR / "requirements.txt"),
+            ],
+            check=False,
+            timeout=600,
+            capture_output=True,
+            text=True,
+        )
+        if installed.returncode != 0:
+            raise RuntimeError(f"pip install for django-oauth-toolkit failed:\n{installed.stderr[-3000:]}")
+    return venv
+
+
+def django_database(url: str) -> dict[str, Any]:
+    """One entry of Django's ``DATABASES`` from a SQLAlchemy URL (a schema rides in ``options``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.database}
+    database: dict[str, Any] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.database or "",
+        "USER": parsed.username or "",
+        "PASSWORD": parsed.password or "",
+        "HOST": parsed.host or "",
+        "PORT": str(parsed.port or ""),
+    }
+    if "options" in parsed.query:
+        database["OPTIONS"] = {"options": parsed.query["options"]}
+    return database
+
+
+def bench_dot(args: argparse.Namespace, tmp: Path, backend: str, url: str) -> Row:
+    """DOT's stock TokenView behind gunicorn (gthread), the way Blue Button 2.0 serves it."""
+    venv = dot_venv(tmp)
+    python = str(venv / "bin" / "python")
+    where = tmp / f"django-oauth-toolkit-{backend}"
+    shutil.copytree(DOT_DIR, where, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "benchsite.settings",
+        "BENCH_DATABASE": json.dumps(django_database(url)),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    subprocess.run(
+        [python, "-m", "django", "migrate", "--verbosity", "0"], cwd=where, env=env, check=True, timeout=300
+    )
+    seeded = subprocess.run(
+        [python, "-m", "django", "bench_seed", "--chains", str(args.concurrency)],
+        cwd=where,
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    seed_answer = json.loads(seeded.stdout.strip().splitlines()[-1])
+    tokens = seed_answer["refresh_tokens"]
+    versions = subprocess.run(
+        [
+            python,
+            "-c",
+            "from importlib.metadata import version as v; "
+            "print(v('django-oauth-toolkit'), v('Django'), v('gunicorn'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    port = free_port()
+    argv = [
+        str(venv / "bin" / "gunicorn"),
+        "benchsite.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(DOT_THREADS),
+        "--keep-alive",
+        "30",  # seconds an idle keep-alive connection stays open (the default, 2, is short)
+        "--log-level",
+        "warning",
+        "--no-control-socket",
+    ]
+    log = tmp / f"dot-{backend}.log"
+    with running(argv, env, f"http://127.0.0.1:{port}/ready", log, cwd=where) as server:
+        time.sleep(1.0)  # every worker booted, not only the first to answer
+
+        async def seed(_conn: Connection, index: int) -> str:
+            return str(tokens[index])
+
+        result = asyncio.run(
+            drive(
+                port,
+                args.concurrency,
+                seed_answer["client_id"],
+                seed,
+                args.warmup,
+                args.duration,
+                server.pid,
+            )
+        )
+    if result.errors:
+        print(f"# django-oauth-toolkit {backend}: first error: {result.first_error}", file=sys.stderr)
+        print(f"# django-oauth-toolkit {backend} log tail:\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return Row(
+        f"{DOT_LABEL} {versions[0]} (Django {versions[1]}, gunicorn {versions[2]} gthread)",
+        backend,
+        args.workers,
+        args.concurrency,
+        args.duration,
+        result,
+    )
+
+
 # -- main ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A schema of its own for one server's run: created here, dropped afterwards."""
+    schema = f"bench_{secrets.token_hex(4)}"
+    admin = make_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def main() -> None:
@@ -581,7 +750,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds not counted, first")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--no-reference", action="store_true", help="skip node oidc-provider")
+    parser.add_argument("--no-dot", action="store_true", help="skip django-oauth-toolkit")
     parser.add_argument("--profile", metavar="DIR", help="sample the broker's workers with py-spy into DIR")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable (with --profile)")
     args = parser.parse_args()
@@ -589,22 +760,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tokens-") as name:
         tmp = Path(name)
         reference = None if args.no_reference else bench_reference(args, tmp)
-        rows.append(bench_broker("sqlite", f"sqlite:///{tmp}/bench.db", args, tmp))
+        if not args.no_sqlite:
+            if not args.no_dot:
+                rows.append(bench_dot(args, tmp, "sqlite", f"sqlite:///{tmp}/dot.db"))
+            rows.append(bench_broker("sqlite", f"sqlite:///{tmp}/bench.db", args, tmp))
         if not args.no_postgres:
             pg_url = os.environ.get("BROKER_TEST_DATABASE_URL", PG_DEFAULT)
-            schema = f"bench_{secrets.token_hex(4)}"
-            admin = make_engine(pg_url)
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                from sqlalchemy.engine import make_url
-
-                url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-                rows.append(bench_broker("postgresql", url.render_as_string(hide_password=False), args, tmp))
-            finally:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            if not args.no_dot:
+                with pg_schema(pg_url) as url:
+                    rows.append(bench_dot(args, tmp, "postgresql", url))
+            with pg_schema(pg_url) as url:
+                rows.append(bench_broker("postgresql", url, args, tmp))
         if reference is not None:
             rows.insert(0, reference)
 
@@ -613,9 +779,18 @@ def main() -> None:
         f"Token endpoint, refresh_token grant (rotating), {args.concurrency} chains on keep-alive "
         f"connections, {args.warmup:g} s warm-up then {args.duration:g} s counted, 127.0.0.1"
     )
-    print(
-        "reference: node oidc-provider, in-memory adapter, rotateRefreshToken: true, ES256 JWT access tokens"
-    )
+    if reference is not None:
+        print(
+            "reference: node oidc-provider, in-memory adapter, rotateRefreshToken: true, "
+            "ES256 JWT access tokens"
+        )
+    dot_rates = {r.backend: r.rate for r in rows if r.server.startswith(DOT_LABEL)}
+    if dot_rates:
+        print(
+            f"reference: {DOT_LABEL}, stock TokenView, public client, ROTATE_REFRESH_TOKEN and "
+            "REFRESH_TOKEN_REUSE_PROTECTION on, opaque access tokens stored in the database, "
+            f"gunicorn gthread ({args.workers} workers x {DOT_THREADS} threads), persistent DB connections"
+        )
     header = (
         "server",
         "backend",
@@ -629,8 +804,12 @@ def main() -> None:
         "p99 ms",
         "cpu ms/req",
         "req/s / ref",
+        "req/s / DOT (same backend)",
     )
-    print_table(header, [r.cells(ref_rate) for r in rows])
+    print_table(
+        header,
+        [r.cells(ref_rate, dot_rates.get(r.backend) if r.server == "broker" else None) for r in rows],
+    )
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
