@@ -4,6 +4,7 @@ For holders: :class:`HolderVerifier` (and :func:`verify_token`, :class:`BrokerAu
 checks broker access tokens; :class:`ReceiptSender` reports each release to the broker;
 :mod:`broker_sdk.link` is the holder's side of the patient link step. For apps:
 :class:`AppClient` registers, asks for consent, gets and refreshes tokens and calls holders.
+For patients: :func:`verify_export` checks an audit export offline.
 """
 
 from broker_sdk._jose import load_private_key
@@ -18,6 +19,14 @@ from broker_sdk.app import (
     load_manifest,
 )
 from broker_sdk.asgi import BrokerAuthMiddleware
+from broker_sdk.audit import (
+    CheckpointResult,
+    EntryResult,
+    ExportProblem,
+    ExportReport,
+    verify_export,
+    verify_inclusion,
+)
 from broker_sdk.dpop import DPoPKey, MemoryReplayCache, ReplayCache
 from broker_sdk.errors import (
     AppSuspended,
@@ -27,6 +36,7 @@ from broker_sdk.errors import (
     ClientError,
     ConsentRevoked,
     DPoPProofInvalid,
+    ExportUnreadable,
     InsufficientScope,
     OAuthError,
     ReceiptRejected,
@@ -57,11 +67,16 @@ __all__ = [
     "BrokerSDKError",
     "BrokerUnavailable",
     "BrokerUnreachable",
+    "CheckpointResult",
     "ClientError",
     "ConsentRevoked",
     "DPoPKey",
     "DPoPProofInvalid",
     "DeliveryReport",
+    "EntryResult",
+    "ExportProblem",
+    "ExportReport",
+    "ExportUnreadable",
     "Grant",
     "HolderGrant",
     "HolderVerifier",
@@ -87,5 +102,7 @@ __all__ = [
     "load_private_key",
     "new_handle",
     "parse_link_request",
+    "verify_export",
+    "verify_inclusion",
     "verify_token",
 ]

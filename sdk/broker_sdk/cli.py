@@ -1,4 +1,5 @@
-"""``broker-sdk``: register an app, read its verdict, inspect a token, check a holder.
+"""``broker-sdk``: register an app, read its verdict, inspect a token, check a holder,
+verify a patient's audit export offline.
 
 Credentials (the registration access token, which rotates on every update) are kept in a
 small JSON state file, ``.broker-sdk.json`` in the current directory by default
@@ -17,9 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from broker_sdk import __version__
+from broker_sdk._fetch import MAX_JWKS_BYTES, get_bounded
 from broker_sdk._jose import load_private_key
 from broker_sdk.app import AppClient, Registration, Verdict
+from broker_sdk.audit import ExportReport, verify_export
 from broker_sdk.errors import BrokerSDKError
 from broker_sdk.inspect import Check, check_holder, inspect_token
 
@@ -147,6 +152,62 @@ def cmd_holder_check(args: argparse.Namespace, state: StateFile) -> int:
     return _print_checks(checks)
 
 
+def load_jwks(source: str) -> dict[str, Any]:
+    """A JWKS from a file, or fetched from an http(s) URL (the only network step, optional)."""
+    if source.startswith(("https://", "http://")):
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            response = get_bounded(
+                http, source, limit=MAX_JWKS_BYTES, accept="application/jwk-set+json, application/json"
+            )
+            response.raise_for_status()
+            jwks = response.json()
+    else:
+        jwks = json.loads(Path(source).read_text(encoding="utf-8"))
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise ValueError(f"{source}: not a JWK Set")
+    return jwks
+
+
+def export_checks(report: ExportReport) -> list[Check]:
+    """One line for the document, one for the checkpoint, one per entry."""
+    general = [p for p in report.problems if p.index is None and p.kind == "format"]
+    checks = [
+        Check(
+            "export",
+            not general,
+            "; ".join(p.message for p in general)
+            or f"patient {report.patient_id}, {len(report.entries)} entries, issuer {report.issuer}",
+        )
+    ]
+    signed = [p for p in report.problems if p.index is None and p.kind == "signature"]
+    cp = report.checkpoint
+    if cp is None:
+        checks.append(Check("checkpoint", None if not report.entries else False, "none in the export"))
+    else:
+        said = f"kid {cp.kid}, iss {cp.issuer}, tree size {cp.tree_size}, root {cp.root_hash}"
+        detail = "; ".join(p.message for p in signed) if signed else f"ES256 signature valid: {said}"
+        checks.append(Check("checkpoint", not signed, detail))
+    for entry in report.entries:
+        found = [p for p in report.problems if p.index == entry.index]
+        name = f"entry {entry.index}"
+        what = f"event {entry.event_id}, leaf {entry.leaf_index}, {entry.tag} at {entry.at}"
+        if found:
+            detail = f"{what}: " + "; ".join(f"{p.kind}: {p.message}" for p in found)
+        else:
+            detail = f"{what}: commitment opens, inclusion proven"
+        checks.append(Check(name, not found, detail))
+    if report.pending:
+        checks.append(Check("pending", None, f"{report.pending} events not yet covered by a checkpoint"))
+    return checks
+
+
+def cmd_audit_verify_export(args: argparse.Namespace, state: StateFile) -> int:
+    jwks = load_jwks(args.jwks)
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    report = verify_export(raw, jwks=jwks, issuer=args.issuer)
+    return _print_checks(export_checks(report))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="broker-sdk", description="Tools for apps and holders of the consent broker."
@@ -190,6 +251,15 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--key", help="the holder's private signing key (JWK JSON or PEM)")
     check.add_argument("--audience", help="the API base URL the holder verifies tokens for")
     check.set_defaults(func=cmd_holder_check)
+
+    audit = groups.add_parser("audit", help="the audit log").add_subparsers(dest="command", required=True)
+    verify = audit.add_parser(
+        "verify-export", help="check a patient's audit export offline (signature, commitments, proofs)"
+    )
+    verify.add_argument("file", help="the export (JSON from /api/me/audit/export), or - for standard input")
+    verify.add_argument("--jwks", required=True, help="the broker's JWKS: a file, or its URL (fetched once)")
+    verify.add_argument("--issuer", help="the broker that must have signed the checkpoint")
+    verify.set_defaults(func=cmd_audit_verify_export)
     return top
 
 
@@ -201,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerSDKError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

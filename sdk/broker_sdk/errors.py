@@ -11,11 +11,12 @@
     │   │   └── DPoPProofInvalid      401 invalid_dpop_proof (RFC 9449 §7.1)
     │   ├── InsufficientScope         403 insufficient_scope: a category the consent does not grant
     │   └── BrokerUnavailable         503: the status cannot be known within its bound (fail closed)
-    └── ClientError                   an app's dealings with the broker or a holder
-        ├── OAuthError                an RFC 6749 §5.2 / RFC 7591 §3.2.2 error answer
-        │   └── ConsentRevoked        the consent behind a grant is gone (invalid_grant, 401)
-        ├── BrokerUnreachable         the broker could not be reached
-        └── ReceiptRejected           the broker refused an access receipt (4xx): not retried
+    ├── ClientError                   an app's dealings with the broker or a holder
+    │   ├── OAuthError                an RFC 6749 §5.2 / RFC 7591 §3.2.2 error answer
+    │   │   └── ConsentRevoked        the consent behind a grant is gone (invalid_grant, 401)
+    │   ├── BrokerUnreachable         the broker could not be reached
+    │   └── ReceiptRejected           the broker refused an access receipt (4xx): not retried
+    └── ExportUnreadable              a document given as an audit export is not one
 
 Each error has ``reason``, a short stable code naming the failed check (``"alg"``,
 ``"aud"``, ``"status"``…), so that holders can count refusals without parsing messages.
@@ -34,6 +35,7 @@ __all__ = [
     "ClientError",
     "ConsentRevoked",
     "DPoPProofInvalid",
+    "ExportUnreadable",
     "InsufficientScope",
     "OAuthError",
     "ReceiptRejected",
@@ -135,3 +137,7 @@ class ReceiptRejected(ClientError):
         super().__init__(f"receipt refused ({status}): {detail or problem!r}")
         self.status = status
         self.problem = problem
+
+
+class ExportUnreadable(BrokerSDKError):
+    """The document is not an audit export this SDK can read (not JSON, another format…)."""
