@@ -17,6 +17,7 @@ from litestar.types import Message, Scope
 from sqlalchemy.orm import Session
 
 from broker import __version__
+from broker.audit.pages import audit_pages
 from broker.audit.routes import audit_routes, patient_audit_api
 from broker.audit.sequencer import BackgroundSequencer, sequence
 from broker.catalog import repository
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             admin_router,
             *oauth_routes,
             consent_pages,
+            audit_pages,
             *patient_api,
             *patient_audit_api,
             *audit_routes,
