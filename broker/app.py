@@ -17,6 +17,7 @@ from litestar.types import Message, Scope
 from sqlalchemy.orm import Session
 
 from broker import __version__
+from broker.audit.expiry import ExpirySweep
 from broker.audit.pages import audit_pages
 from broker.audit.routes import audit_routes, patient_audit_api
 from broker.audit.sequencer import BackgroundSequencer, sequence
@@ -196,17 +197,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def on_shutdown() -> None:
         engine.dispose()
 
-    # The audit log's sequencer, in the background of every process (one works at a time).
-    sequencer = BackgroundSequencer(
-        lambda: sequence(
+    # The audit log's sequencer, in the background of every process (one works at a time);
+    # on the same tick, about once a minute, consents past their end are marked expired.
+    expire = ExpirySweep(session_factory)
+
+    def audit_tick() -> int:
+        placed = sequence(
             session_factory,
             signer=keystore,
             secret_key=settings.secret_key,
             issuer=settings.issuer,
             wait=False,
-        ),
-        settings.audit_interval,
-    )
+        )
+        expire()  # its events are placed on the next tick
+        return placed
+
+    sequencer = BackgroundSequencer(audit_tick, settings.audit_interval)
 
     if settings.demo:
         from broker.demo import seed_demo
