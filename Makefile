@@ -35,6 +35,8 @@ bench: $(STAMP)
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/catalog.py
 	$(BIN)/python bench/charter.py
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/tokens.py
+	$(BIN)/python bench/verify.py
+	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
