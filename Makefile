@@ -28,7 +28,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker tests bench migrations examples sdk
 	$(BIN)/mypy broker sdk/broker_sdk
 
-test: $(STAMP) lint
+# The browser tests drive Debian's Chromium (never a browser downloaded by Playwright) and
+# check every page with axe-core from the npm registry, kept under var/ (not in the repository).
+CHROMIUM := /usr/bin/chromium
+AXE := var/npm/node_modules/axe-core/axe.min.js
+
+$(CHROMIUM):
+	apt-get install -y --no-install-recommends chromium || \
+	  { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
+$(AXE):
+	npm install --prefix var/npm --no-audit --no-fund axe-core@4
+
+test: $(STAMP) lint $(CHROMIUM) $(AXE)
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/pytest -q
 
 bench: $(STAMP)

@@ -105,3 +105,48 @@ def public_indicators(session: Session) -> dict[str, Any]:
         "releases_per_holder": _cells(release_patients, release_counts),
         "apps_per_verdict": dict(sorted(verdicts.items())),
     }
+
+
+def indicators_context(session: Session, charter: Any, language: str) -> dict[str, Any]:
+    """The public indicators with names instead of ids, for the public page."""
+    from broker.catalog.models import App, Holder  # names only; the counts come from the log
+
+    figures = public_indicators(session)
+    apps = {key: name for key, name in session.execute(select(App.client_id, App.client_name))}
+    holders = {key: name for key, name in session.execute(select(Holder.identifier, Holder.legal_name))}
+
+    def category(category_id: str) -> str:
+        entry = charter.categories.get(category_id)
+        return str(entry.label(language)) if entry else category_id
+
+    def rows(cells: dict[str, Any], name: Any) -> list[dict[str, Any]]:
+        listed = [{"name": name(key), "value": value} for key, value in cells["values"].items()]
+        return sorted(listed, key=lambda row: row["name"].casefold())
+
+    def pair(granted: dict[str, Any], revoked: dict[str, Any], name: Any) -> list[dict[str, Any]]:
+        keys = set(granted["values"]) | set(revoked["values"])
+        listed = [
+            {
+                "name": name(key),
+                "granted": granted["values"].get(key),
+                "revoked": revoked["values"].get(key),
+                "granted_known": key in granted["values"],
+                "revoked_known": key in revoked["values"],
+            }
+            for key in keys
+        ]
+        return sorted(listed, key=lambda row: row["name"].casefold())
+
+    return {
+        "small_cell": figures["small_cell"],
+        "per_app": pair(
+            figures["consents_granted_per_app"],
+            figures["consents_revoked_per_app"],
+            lambda key: apps.get(key, key),
+        ),
+        "per_category": pair(
+            figures["consents_granted_per_category"], figures["consents_revoked_per_category"], category
+        ),
+        "releases": rows(figures["releases_per_holder"], lambda key: holders.get(key, key)),
+        "verdicts": figures["apps_per_verdict"],
+    }

@@ -22,11 +22,12 @@ from broker.audit.consent_receipts import (
     parse_document,
 )
 from broker.audit.history import history_context
+from broker.audit.indicators import indicators_context
 from broker.consent.pages import page_action
 from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, render_page
 from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
-from broker.http import NO_STORE
+from broker.http import NO_STORE, in_transaction
 
 
 @get("/my/consents/{consent_id:str}/{document:str}", include_in_schema=False)
@@ -92,9 +93,22 @@ async def my_history(request: Request[Any, Any, Any], state: State) -> Response[
     )
 
 
+@get("/indicators", include_in_schema=False)
+async def indicators_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    """Public aggregate figures (charter art. 08): anyone may see whether the broker is used
+    and how, without any count pointing at fewer than ten people."""
+    language = page_language(request)
+
+    def work(session: Session) -> dict[str, Any]:
+        return indicators_context(session, state.charters.current(session), language)
+
+    context = await in_transaction(state.session_factory, work)
+    return render_page(request, "audit/indicators.html", **context)
+
+
 audit_pages = Router(
     path="/",
-    route_handlers=[my_history, consent_receipt],
+    route_handlers=[my_history, consent_receipt, indicators_page],
     exception_handlers=PAGE_EXCEPTION_HANDLERS,
     include_in_schema=False,
 )

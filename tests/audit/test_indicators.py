@@ -33,3 +33,36 @@ def test_cells_of_ten_patients_are_shown(client: Any, world: World) -> None:
     assert body["consents_granted_per_category"]["values"] == {"lab_results": 10, "medications": 10}
     assert body["releases_per_holder"]["values"] == {"labo-test": 12}
     assert body["consents_revoked_per_app"]["values"] == {}
+
+
+def _cells(html: str) -> list[str]:
+    import re
+
+    return [re.sub(r"\s+", " ", c).strip() for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", html, re.S)]
+
+
+def test_public_page_shows_names_and_hides_small_cells(client: Any, world: World) -> None:
+    for i in range(9):
+        world.patient(f"p{i}")
+    page = client.get("/indicators")  # public: no log-in
+    assert page.status_code == 200
+    html = page.text
+    assert "Indicateurs publics" in html and 'lang="fr"' in html
+    cells = _cells(html)
+    # The app by its name, not its id; nine patients: the count is not shown.
+    row = cells.index("Suivi Glycémie")
+    assert cells[row + 1] == "moins de 10" and cells[row + 2] == "0"
+    assert ">9<" not in html
+    assert "Conformes à la charte : 1" in html
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_public_page_in_english_with_counts_of_ten(client: Any, world: World) -> None:
+    for i in range(10):
+        world.patient(f"p{i}")
+        assert client.post("/receipts", content=world.receipt(f"p{i}"), headers=JWT).status_code == 201
+    html = client.get("/indicators", headers={"Accept-Language": "en"}).text
+    assert "Public indicators" in html
+    cells = _cells(html)
+    assert cells[cells.index("Suivi Glycémie") + 1] == "10"
+    assert "Meeting the charter: 1" in html

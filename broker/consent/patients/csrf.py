@@ -84,6 +84,12 @@ def check_same_origin(request: Request[Any, Any, Any], settings: Settings) -> No
     if fetch_site is not None and fetch_site.strip().lower() not in ALLOWED_FETCH_SITES:
         raise CsrfRejected(f"the form was sent from another site (Sec-Fetch-Site: {fetch_site})")
     origin = request.headers.get("origin")
+    if origin is not None and origin.strip().lower() == "null" and fetch_site is not None:
+        # Chromium sends "Origin: null" with a form posted from a page whose referrer policy
+        # is no-referrer, as every patient page's is (Fetch, "serializing a request origin").
+        # Sec-Fetch-Site, which no page can set, then tells where the form came from: it was
+        # checked above to be this broker itself.
+        return
     if origin is not None and origin.strip().lower() not in allowed_origins(request, settings):
         raise CsrfRejected("the form was sent from another origin")
 

@@ -105,3 +105,17 @@ def test_the_session_token_changes_with_the_session(client: Any) -> None:
     # The token of the pre-session form no longer works once logged in.
     response = client.post("/logout", data={"csrf_token": before}, follow_redirects=False)
     assert response.status_code == 403
+
+
+def test_chromium_s_null_origin_is_accepted_from_this_broker_s_own_page(
+    client: Any, db: sessionmaker[Session]
+) -> None:
+    """Chromium posts "Origin: null" from a page with a no-referrer policy; Sec-Fetch-Site,
+    which no page can set, says the form is the broker's own."""
+    token = page_token(client, "/signup")
+    headers = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    response = client.post(
+        "/signup", data={**SIGN_UP, "csrf_token": token}, headers=headers, follow_redirects=False
+    )
+    assert response.status_code == 303
+    assert _count(db, Patient) == 1
