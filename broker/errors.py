@@ -76,6 +76,14 @@ class Conflict(BrokerError):
     title = "Conflicts with the current state"
 
 
+class DamagedLog(BrokerError):
+    """The audit log does not match its own signed checkpoints: never served as if it did."""
+
+    status = 500
+    slug = "audit-log-damaged"
+    title = "The audit log is damaged"
+
+
 class OAuthError(BrokerError):
     """An error on an OAuth endpoint, rendered as ``{"error", "error_description"}``."""
 

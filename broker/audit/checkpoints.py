@@ -7,6 +7,7 @@ RFC 9162's JSON.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -15,7 +16,9 @@ from sqlalchemy.orm import Session
 from broker.audit.merkle import MerkleTree, leaf_hash
 from broker.audit.models import AuditCheckpoint, AuditEvent
 from broker.audit.sequencer import CHECKPOINT_TYP, b64
-from broker.errors import InvalidRequest, NotFound
+from broker.errors import DamagedLog, InvalidRequest, NotFound
+
+log = logging.getLogger("broker.audit")
 
 __all__ = [
     "CHECKPOINT_TYP",
@@ -60,7 +63,8 @@ def load_tree(session: Session, tree_size: int) -> MerkleTree:
     ).all()
     if len(leaves) != tree_size or any(c is None for c in leaves):
         # Only a damaged log gets here: `broker audit verify` says where.
-        raise NotFound(f"the log does not hold the {tree_size} entries its checkpoint covers")
+        log.error("audit log damaged: %d entries expected under checkpoint, %d found", tree_size, len(leaves))
+        raise DamagedLog(f"the log does not hold the {tree_size} entries its checkpoint covers")
     return MerkleTree([leaf_hash(c) for c in leaves if c is not None])
 
 
