@@ -17,6 +17,7 @@ weighs less; still, compare within one run. Nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import secrets
 import statistics
@@ -31,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwk, jws
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sdk"))
@@ -143,6 +145,24 @@ def main() -> None:
     ed_public = ed_key.public_key()
     n_raw = args.tokens
 
+    # The same raw primitive over the very tokens the SDK verifies (their signing inputs and
+    # signatures, converted to DER beforehand): the same work, minus everything but the
+    # signature. One message verified over and over stays in the CPU's caches; 2,000
+    # different tokens do not, for the SDK or for the primitive.
+    token_key = key.get_op_key("verify")
+    token_inputs = []
+    for token in tokens:
+        signing_input, _, signature_b64 = token.rpartition(".")
+        raw_signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
+        r, s = int.from_bytes(raw_signature[:32], "big"), int.from_bytes(raw_signature[32:], "big")
+        token_inputs.append((signing_input.encode(), encode_dss_signature(r, s)))
+
+    def raw_tokens_round() -> float:
+        started = time.process_time()
+        for signing_input, der in token_inputs:
+            token_key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        return len(token_inputs) / (time.process_time() - started)
+
     def raw_ecdsa_round() -> float:
         return rate(lambda: ec_public.verify(ec_signature, message, ec.ECDSA(hashes.SHA256())), n_raw)
 
@@ -182,6 +202,7 @@ def main() -> None:
     # each alike; the ratios are taken within each round, then their median is reported.
     measures = {
         "raw_ecdsa": raw_ecdsa_round,
+        "raw_tokens": raw_tokens_round,
         "raw_ed25519": raw_ed25519_round,
         "jwcrypto": jwcrypto_round,
         "first": first_sight,
@@ -193,16 +214,19 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, measure in measures.items():
             samples[name].append(measure())
-    raw_ecdsa, raw_ed25519, jwcrypto_rate, sdk_first, sdk_seen = (
+    raw_ecdsa, raw_tokens, raw_ed25519, jwcrypto_rate, sdk_first, sdk_seen = (
         statistics.median(samples[name]) for name in measures
     )
-    first_ratio = statistics.median(f / r for f, r in zip(samples["first"], samples["raw_ecdsa"], strict=True))
-    seen_ratio = statistics.median(f / r for f, r in zip(samples["seen"], samples["raw_ecdsa"], strict=True))
+
+    def ratio(name: str, reference: str) -> float:
+        return statistics.median(a / b for a, b in zip(samples[name], samples[reference], strict=True))
+
     verifier.close()
     server.shutdown()
 
     rows = [
-        ("raw ECDSA P-256 verify (cryptography)", raw_ecdsa),
+        ("raw ECDSA P-256 verify (cryptography), one message again and again", raw_ecdsa),
+        ("raw ECDSA P-256 verify (cryptography), the same tokens as the SDK", raw_tokens),
         ("raw Ed25519 verify (cryptography)", raw_ed25519),
         ("jwcrypto JWS deserialize + verify (ES256, no claim checks)", jwcrypto_rate),
         ("SDK HolderVerifier.verify, first sight of a token", sdk_first),
@@ -213,14 +237,17 @@ def main() -> None:
         f"median of {args.rounds} rounds (Python {sys.version.split()[0]})\n"
     )
     width = max(len(name) for name, _ in rows)
-    print(f"{'what'.ljust(width)}  {'µs/op':>8}  {'ops/s':>10}  {'× raw ECDSA':>11}")
-    print(f"{'-' * width}  {'-' * 8}  {'-' * 10}  {'-' * 11}")
+    print(f"{'what'.ljust(width)}  {'µs/op':>8}  {'ops/s':>10}  {'× raw, same tokens':>18}")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 10}  {'-' * 18}")
     for name, value in rows:
-        print(f"{name.ljust(width)}  {1e6 / value:8.1f}  {value:10,.0f}  {value / raw_ecdsa:11.2f}")
+        print(f"{name.ljust(width)}  {1e6 / value:8.1f}  {value:10,.0f}  {value / raw_tokens:18.2f}")
     print()
     print(
-        f"first sight / raw ECDSA = {first_ratio:.0%} (target ≥ 60%); "
-        f"seen before / raw ECDSA = {seen_ratio:.1f}× (target ≥ 10×) — medians of per-round ratios"
+        "medians of per-round ratios (target: first sight ≥ 60% of raw, seen before ≥ 10×):\n"
+        f"  against the raw verify of the same tokens:   first sight {ratio('first', 'raw_tokens'):.0%}, "
+        f"seen before {ratio('seen', 'raw_tokens'):.1f}×\n"
+        f"  against one message verified again and again: first sight {ratio('first', 'raw_ecdsa'):.0%}, "
+        f"seen before {ratio('seen', 'raw_ecdsa'):.1f}×"
     )
 
 
