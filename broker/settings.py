@@ -54,6 +54,18 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _ports(env: Mapping[str, str], name: str) -> frozenset[int]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return frozenset({443})
+    ports = set()
+    for item in raw.split(","):
+        if not item.strip().isdigit() or not 1 <= int(item) <= 65535:
+            raise SettingsError(name, f"expected port numbers separated by commas, got {raw!r}")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
 def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     scheme = value.split(":", 1)[0]
@@ -139,6 +151,9 @@ class Settings:
     #: broker process (it places new events in the tree and signs a checkpoint); 0: never in
     #: the background, only on demand (proofs, ``broker audit sequence``).
     audit_interval: int = 5
+    #: BROKER_OUTBOUND_ALLOWED_PORTS — ports the broker may fetch https URLs on (jwks_uri, peer
+    #: brokers), separated by commas; 443 only by default (SECURITY.md S1).
+    outbound_allowed_ports: frozenset[int] = frozenset({443})
 
     @property
     def oidc_enabled(self) -> bool:
@@ -216,6 +231,7 @@ class Settings:
             oidc_name=env.get("BROKER_OIDC_NAME", "").strip() or "FranceConnect",
             oidc_scopes=scopes,
             audit_interval=_int(env, "BROKER_AUDIT_INTERVAL", 5, 0, 3600),
+            outbound_allowed_ports=_ports(env, "BROKER_OUTBOUND_ALLOWED_PORTS"),
         )
 
 
