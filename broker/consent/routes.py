@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from litestar import Request, Response, get, post
@@ -16,12 +18,14 @@ from broker.catalog.models import App, Holder
 from broker.consent import oauth
 from broker.consent.events import revocation_stream
 from broker.consent.proofs import JoseError, verify_client_assertion, verify_dpop_proof
+from broker.consent.proofs.jose import b64url_decode
 from broker.consent.replay_store import DatabaseReplayCache
 from broker.consent.service import LIST_SIZE, status_list_values
 from broker.consent.status_list import StatusList, status_list_token
 from broker.db import utcnow
 from broker.errors import InvalidClient, InvalidDPoPProof, InvalidRequest
 from broker.http import NO_STORE, in_transaction
+from broker.outbound import JwksCache, OutboundPolicy, OutboundRefused
 
 # How long a holder may cache a status list: the delay before a revocation reaches a holder
 # that does not use the push stream (DESIGN step 9).
@@ -43,6 +47,43 @@ async def oauth_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     return form
 
 
+_JWKS_CACHE_LOCK = threading.Lock()
+
+
+def jwks_cache(state: State) -> JwksCache:
+    """The process's cache of remote JWKS (SECURITY S8), made on first use."""
+    with _JWKS_CACHE_LOCK:
+        cache = getattr(state, "jwks_cache", None)
+        if cache is None:
+            cache = state.jwks_cache = JwksCache(OutboundPolicy.from_settings(state.settings))
+        return cast(JwksCache, cache)
+
+
+def _unverified_kid(assertion: str) -> str | None:
+    """The ``kid`` in a JWS header, before verification: only to ask the cache for that key."""
+    header = assertion.split(".", 1)[0]
+    if len(header) > 2048:
+        return None  # the verifier refuses the token anyway
+    try:
+        kid = json.loads(b64url_decode(header, "header")).get("kid")
+    except (JoseError, ValueError, AttributeError):
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def remote_jwks(state: State, jwks_uri: Any, assertion: str) -> dict[str, Any]:
+    """The keys at a registered ``jwks_uri``, through the guarded outbound client.
+
+    Whatever went wrong, the client is told the same thing (S6); the reason is in the log.
+    """
+    if not isinstance(jwks_uri, str) or not jwks_uri:
+        raise InvalidClient("the client has no registered keys")
+    try:
+        return jwks_cache(state).get(jwks_uri, _unverified_kid(assertion))
+    except OutboundRefused as exc:
+        raise InvalidClient(f"the client's jwks_uri: {exc.detail}") from None
+
+
 def authenticate_client(session: Session, form: Mapping[str, str], state: State) -> App:
     """RFC 7523 ``private_key_jwt`` for confidential apps; ``client_id`` alone for public ones."""
     settings = state.settings
@@ -57,8 +98,7 @@ def authenticate_client(session: Session, form: Mapping[str, str], state: State)
         raise InvalidClient("unknown client, or a client that does not use private_key_jwt")
     jwks = app.client_metadata.get("jwks")
     if not jwks:
-        # Fetching jwks_uri needs the guarded outbound client (SECURITY S1–S8), not built yet.
-        raise InvalidClient("this broker verifies client assertions against a registered jwks only")
+        jwks = remote_jwks(state, app.client_metadata.get("jwks_uri"), form.get("client_assertion", ""))
     now = utcnow()
     try:
         verify_client_assertion(
@@ -125,17 +165,18 @@ async def token(request: Request[Any, Any, Any], state: State) -> Response[dict[
 def authenticate_holder(session: Session, form: Mapping[str, str], state: State) -> Holder:
     """A holder proves itself with a client assertion signed by its registered key (RFC 7523)."""
     holder = session.get(Holder, form.get("client_id") or "")
-    if holder is None or holder.status != "approved" or not holder.jwks:
+    if holder is None or holder.status != "approved" or not (holder.jwks or holder.jwks_uri):
         raise InvalidClient("unknown holder, or a holder without registered keys")
     if form.get("client_assertion_type") != oauth.ASSERTION_TYPE:
         raise InvalidClient("client_assertion_type must be " + oauth.ASSERTION_TYPE)
+    keys = holder.jwks or remote_jwks(state, holder.jwks_uri, form.get("client_assertion", ""))
     now = utcnow()
     issuer = state.settings.issuer
     try:
         verify_client_assertion(
             form.get("client_assertion", ""),
             client_id=holder.identifier,
-            client_jwks=holder.jwks,
+            client_jwks=keys,
             audiences=(issuer, f"{issuer}/introspect"),
             now=now,
             replay=DatabaseReplayCache(state.session_factory, now),
