@@ -32,6 +32,7 @@ from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
+from broker.federation.routes import federation_routes
 from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
 from broker.settings import Settings
@@ -226,6 +227,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             index,
             metadata,
             jwks,
+            *federation_routes,
             registry_router,
             admin_router,
             *oauth_routes,

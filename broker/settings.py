@@ -154,6 +154,18 @@ class Settings:
     #: BROKER_OUTBOUND_ALLOWED_PORTS — ports the broker may fetch https URLs on (jwks_uri, peer
     #: brokers), separated by commas; 443 only by default (SECURITY.md S1).
     outbound_allowed_ports: frozenset[int] = frozenset({443})
+    #: BROKER_FEDERATION_STATEMENT_LIFETIME — seconds the entity configuration and the
+    #: subordinate statements stay valid (OpenID Federation ``exp``); a day by default.
+    federation_statement_lifetime: int = 24 * 3600
+    #: BROKER_FEDERATION_TRUST_MARK_LIFETIME — seconds a charter trust mark stays valid; its
+    #: status endpoint answers revoked sooner when the app loses its approval.
+    federation_trust_mark_lifetime: int = 24 * 3600
+    #: BROKER_FEDERATION_AUTHORITY_HINTS — entity ids of this broker's superiors (trust anchors
+    #: or intermediates), separated by spaces; none by default.
+    federation_authority_hints: tuple[str, ...] = ()
+    #: BROKER_FEDERATION_TRUST_MARKS — trust marks issued to this broker by others (compact
+    #: JWTs separated by spaces), published in its entity configuration as they are.
+    federation_trust_marks: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def oidc_enabled(self) -> bool:
@@ -232,6 +244,17 @@ class Settings:
             oidc_scopes=scopes,
             audit_interval=_int(env, "BROKER_AUDIT_INTERVAL", 5, 0, 3600),
             outbound_allowed_ports=_ports(env, "BROKER_OUTBOUND_ALLOWED_PORTS"),
+            federation_statement_lifetime=_int(
+                env, "BROKER_FEDERATION_STATEMENT_LIFETIME", 24 * 3600, 300, 7 * 86400
+            ),
+            federation_trust_mark_lifetime=_int(
+                env, "BROKER_FEDERATION_TRUST_MARK_LIFETIME", 24 * 3600, 300, 30 * 86400
+            ),
+            federation_authority_hints=tuple(
+                _issuer(env, "BROKER_FEDERATION_AUTHORITY_HINTS", hint, dev_mode)
+                for hint in env.get("BROKER_FEDERATION_AUTHORITY_HINTS", "").split()
+            ),
+            federation_trust_marks=tuple(env.get("BROKER_FEDERATION_TRUST_MARKS", "").split()),
         )
 
 
