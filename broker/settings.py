@@ -251,7 +251,8 @@ class Settings:
                 env, "BROKER_FEDERATION_TRUST_MARK_LIFETIME", 24 * 3600, 300, 30 * 86400
             ),
             federation_authority_hints=tuple(
-                _issuer(env, "BROKER_FEDERATION_AUTHORITY_HINTS", hint, dev_mode)
+                # each hint checked alone, with the issuer's rules (an entity id is an issuer)
+                _issuer({}, "BROKER_FEDERATION_AUTHORITY_HINTS", hint, dev_mode)
                 for hint in env.get("BROKER_FEDERATION_AUTHORITY_HINTS", "").split()
             ),
             federation_trust_marks=tuple(env.get("BROKER_FEDERATION_TRUST_MARKS", "").split()),
