@@ -46,7 +46,7 @@ class Broker:
         return done.stdout
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     base = tmp_path_factory.mktemp("browser")
     port = free_port()
@@ -107,8 +107,10 @@ def axe() -> str:
     return axe_source()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
+    # Package scope: Playwright's sync API runs an event loop in this thread while it is open,
+    # and tests after these ones call asyncio.run(); it must be closed when they end.
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium package"
