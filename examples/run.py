@@ -34,9 +34,8 @@ WALKTHROUGH = """
          gaelle.martin / labo-gaelle-2026      (antoine.dubois / labo-antoine-2026)
      Faites de même pour l'Assurance Démo ({insurer}) :
          gaelle.martin / assurance-gaelle-2026 (antoine.dubois / assurance-antoine-2026)
-  2. Ouvrir l'application : le catalogue du courtier la présente
-     ({broker}/api/catalog/apps, « Suivi Glycémie », son adresse : {app}) ;
-     ouvrez {app}
+  2. Ouvrir l'application : le catalogue du courtier la présente ({broker}/catalog,
+     « Suivi Glycémie ») ; son bouton « Connecter cette application » mène à {app}
   3. « Connecter mes données » : l'écran de consentement du courtier s'ouvre ; acceptez.
   4. Le graphique de votre glycémie s'affiche : les résultats viennent directement du
      laboratoire, sans passer par le courtier.
