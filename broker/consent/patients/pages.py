@@ -1,4 +1,5 @@
-"""HTML pages of patient accounts: sign-up, log-in, log-out, the account page, language.
+"""HTML pages of patient accounts: sign-up, log-in, log-out, the account page and its
+actions (password, log-out everywhere, export, deletion), language.
 
 Every page works without JavaScript; every form carries a CSRF token; every POST that
 succeeds answers 303 (SECURITY A1 §4.12).
@@ -6,6 +7,7 @@ succeeds answers 303 (SECURITY A1 §4.12).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 from urllib.parse import quote
@@ -16,14 +18,14 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromQuery
 from sqlalchemy.orm import Session
 
-from broker.consent.patients import cookies, oidc, service
+from broker.consent.patients import account, cookies, oidc, service
 from broker.consent.patients.csrf import FIELD as CSRF_FIELD
 from broker.consent.patients.csrf import check_csrf
 from broker.consent.patients.errors import TooManyAttempts
 from broker.consent.patients.models import Patient
-from broker.consent.patients.passwords import HashingBusy, PasswordHashing
+from broker.consent.patients.passwords import MAX_INPUT_BYTES, HashingBusy, PasswordHashing
 from broker.consent.patients.rendering import page_language, render_page, safe_next
-from broker.consent.patients.sessions import login_redirect, patient_from_request
+from broker.consent.patients.sessions import login_redirect, patient_from_request, session_id_hash
 from broker.db import utcnow
 from broker.errors import BrokerError
 from broker.http import in_transaction
@@ -189,17 +191,171 @@ async def logout(request: Request[Any, Any, Any], state: State) -> Response[Any]
 # -- the account page ---------------------------------------------------------------------------
 
 
-@get("/account", include_in_schema=False)
-async def account_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+ACCOUNT_NOTICES = ("password_changed",)
+
+
+async def logged_in_patient(request: Request[Any, Any, Any], state: State) -> Patient | None:
     settings: Settings = state.settings
+    return await in_transaction(
+        state.session_factory, lambda session: patient_from_request(session, request, settings)
+    )
 
-    def work(session: Session) -> Patient | None:
-        return patient_from_request(session, request, settings)
 
-    patient = await in_transaction(state.session_factory, work)
+def account_form(
+    request: Request[Any, Any, Any], patient: Patient, *, status_code: int = 200, **context: Any
+) -> Response[str]:
+    context.setdefault("errors", {})
+    return render_page(
+        request, "patients/account.html", status_code=status_code, patient=patient, **context
+    )
+
+
+async def password_matches(state: State, stored: str, given: str) -> bool:
+    if len(given.encode("utf-8")) > MAX_INPUT_BYTES:
+        return False  # never hashed: bounds the cost of one request
+    hashing: PasswordHashing = state.password_hashing
+    matches, _ = await hashing.verify(stored, given)
+    return matches
+
+
+@get("/account", include_in_schema=False)
+async def account_page(
+    request: Request[Any, Any, Any], state: State, done: FromQuery[str | None] = None
+) -> Response[Any]:
+    patient = await logged_in_patient(request, state)
     if patient is None:
         return login_redirect(request)
-    return render_page(request, "patients/account.html", patient=patient)
+    return account_form(request, patient, notice=done if done in ACCOUNT_NOTICES else None)
+
+
+@post("/account/password", include_in_schema=False)
+async def change_password(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+    fields = await form_fields(request, "current_password", "new_password")
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    patient = await logged_in_patient(request, state)
+    if patient is None:
+        return login_redirect(request)
+    if patient.password_hash is None:  # known only through an external identity provider
+        return account_form(request, patient, status_code=400, errors={"current_password": "no_password"})
+    problem = account.new_password_problem(patient, fields["new_password"])
+    if not await password_matches(state, patient.password_hash, fields["current_password"]):
+        return account_form(request, patient, status_code=400, errors={"current_password": "password_wrong"})
+    if problem:
+        return account_form(request, patient, status_code=400, errors={"new_password": problem})
+    password_hash = await state.password_hashing.hash(fields["new_password"])
+    session_id = cookies.read(request, settings, cookies.SESSION) or ""
+    now = utcnow()
+
+    def work(session: Session) -> None:
+        account.change_password(
+            session,
+            patient_id=patient.id,
+            password_hash=password_hash,
+            keep_session=session_id_hash(settings, session_id),
+            now=now,
+        )
+
+    await in_transaction(state.session_factory, work)
+    return see_other("/account?done=password_changed")
+
+
+@post("/account/logout-everywhere", include_in_schema=False)
+async def log_out_everywhere(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    settings: Settings = state.settings
+    fields = await form_fields(request)
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    now = utcnow()
+
+    def work(session: Session) -> bool:
+        patient = patient_from_request(session, request, settings, now)
+        if patient is None:
+            return False
+        account.end_sessions(session, patient.id, now)
+        return True
+
+    if not await in_transaction(state.session_factory, work):
+        return login_redirect(request)
+    return see_other("/login?logged_out=1", cookies.expired(settings, cookies.SESSION))
+
+
+@post("/account/export", include_in_schema=False)
+async def export_account(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    """Everything the broker holds about the patient, as a JSON file (GDPR art. 15 and 20)."""
+    settings: Settings = state.settings
+    fields = await form_fields(request)
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    await account.sequence_audit(state)  # the events written so far get their inclusion proofs
+    now = utcnow()
+
+    def work(session: Session) -> dict[str, Any] | None:
+        patient = patient_from_request(session, request, settings, now)
+        if patient is None:
+            return None
+        return account.account_export(session, patient=patient, issuer=settings.issuer, now=now)
+
+    body = await in_transaction(state.session_factory, work)
+    if body is None:
+        return login_redirect(request)
+    filename = f"mes-donnees-{now:%Y-%m-%d}.json"
+    return Response(
+        content=json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8"),
+        media_type="application/json",
+        status_code=200,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+            **NO_STORE,
+        },
+    )
+
+
+@get("/account/delete", include_in_schema=False)
+async def delete_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    patient = await logged_in_patient(request, state)
+    if patient is None:
+        return login_redirect(request)
+    return render_page(request, "patients/account_delete.html", patient=patient, errors={})
+
+
+@post("/account/delete", include_in_schema=False)
+async def delete_submit(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    """GDPR art. 17: consents revoked first (holders are told), then erasure, then the account."""
+    settings: Settings = state.settings
+    fields = await form_fields(request, "understood", "password")
+    check_csrf(request, settings, fields[CSRF_FIELD])
+    patient = await logged_in_patient(request, state)
+    if patient is None:
+        return login_redirect(request)
+    errors: dict[str, str] = {}
+    if fields["understood"] != "yes":
+        errors["understood"] = "not_confirmed"
+    if patient.password_hash is not None and not await password_matches(
+        state, patient.password_hash, fields["password"]
+    ):
+        errors["password"] = "password_wrong"  # noqa: S105 (an error code)
+    if errors:
+        return render_page(
+            request, "patients/account_delete.html", status_code=400, patient=patient, errors=errors
+        )
+    patient_id = patient.id
+    await in_transaction(
+        state.session_factory,
+        lambda session: account.withdraw_everything(session, patient_id=patient_id, now=utcnow()),
+    )
+    # The revocations are placed in the tree before the erasure: the log keeps that they
+    # happened (their leaves stay), while their readable details go with the rest.
+    await account.sequence_audit(state)
+    await in_transaction(
+        state.session_factory,
+        lambda session: account.delete_account(session, patient_id=patient_id, now=utcnow()),
+    )
+    return see_other("/account/deleted", cookies.expired(settings, cookies.SESSION))
+
+
+@get("/account/deleted", include_in_schema=False)
+async def deleted_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    return render_page(request, "patients/account_deleted.html")
 
 
 # -- language ---------------------------------------------------------------------------------
@@ -263,6 +419,12 @@ patient_pages = Router(
         login_submit,
         logout,
         account_page,
+        change_password,
+        log_out_everywhere,
+        export_account,
+        delete_page,
+        delete_submit,
+        deleted_page,
         choose_language,
         oidc.start_external_login,
         oidc.external_login_callback,
