@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db import transaction
 from broker.errors import BrokerError
+from broker.strictjson import no_duplicate_keys
 
 T = TypeVar("T")
 
@@ -31,17 +32,6 @@ class MalformedJSON(BrokerError):
     title = "The body is not valid JSON"
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 8259 §4 leaves duplicate names undefined; parsers differ on which one wins, so a
-    # document that has them is refused rather than guessed at.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {key!r}")
-        result[key] = value
-    return result
-
-
 async def json_body(request: Request[Any, Any, Any]) -> Any:
     """The request's JSON body; 415 for another media type, 400 for broken JSON."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -49,7 +39,7 @@ async def json_body(request: Request[Any, Any, Any]) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {media_type or 'missing'!r}")
     raw = await request.body()
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedJSON(f"the body is not valid UTF-8 JSON: {exc}") from None
 

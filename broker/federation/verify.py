@@ -37,6 +37,7 @@ from broker.consent.proofs.jose import (
     b64url_decode,
     verify_jwt,
 )
+from broker.strictjson import json_depth
 
 __all__ = [
     "ENTITY_STATEMENT_TYP",
@@ -184,32 +185,6 @@ class TrustChain:
 
 
 # -- bounds --------------------------------------------------------------------------------
-
-
-def json_depth(text: str) -> int:
-    """The deepest nesting of arrays and objects in a JSON text, counted without parsing it.
-
-    Counting first means a deeply nested payload is refused with a reason of its own in time
-    linear in its length, before a recursive parser gets to it.
-    """
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def _check_bounds(token: Any, what: str, max_length: int) -> None:

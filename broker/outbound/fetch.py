@@ -17,6 +17,7 @@ import httpx
 from broker.outbound.addresses import Target, check_url
 from broker.outbound.errors import OutboundRefused
 from broker.outbound.transport import OutboundPolicy, PinnedTransport
+from broker.strictjson import json_depth, no_duplicate_keys
 
 logger = logging.getLogger("broker.outbound")
 
@@ -168,46 +169,16 @@ def fetch_bytes(
     raise refused from None
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate member {key!r}")
-        result[key] = value
-    return result
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _check_depth(text: str, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` before the parser recurses into it."""
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > max_depth:
-                raise ValueError(f"nested deeper than {max_depth}")
-        elif char in "]}":
-            depth -= 1
 
 
 def parse_json(raw: bytes, *, max_depth: int) -> Any:
     """Strict JSON: UTF-8, no duplicate members, no NaN, bounded depth."""
     text = raw.decode("utf-8")
-    _check_depth(text, max_depth)
-    return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+    if json_depth(text) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth}")
+    return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_refuse_constant)
 
 
 def fetch_json(

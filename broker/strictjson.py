@@ -1,0 +1,43 @@
+"""Strict JSON reading shared by every place that takes JSON from outside the broker.
+
+RFC 8259 §4 leaves duplicate member names undefined and parsers differ on which one wins, so
+a document that has them is refused rather than guessed at (SECURITY J18). Nesting is counted
+before parsing, in time linear in the text, so that a deeply nested document is refused with
+a reason of its own before a recursive parser gets to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` refusing duplicate member names (``ValueError``)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate member {key!r}")
+        result[key] = value
+    return result
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, counted without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
