@@ -63,6 +63,7 @@ def test_public_page_in_english_with_counts_of_ten(client: Any, world: World) ->
         assert client.post("/receipts", content=world.receipt(f"p{i}"), headers=JWT).status_code == 201
     html = client.get("/indicators", headers={"Accept-Language": "en"}).text
     assert "Public indicators" in html
+    assert "Permissions per app" in html and "Permissions per kind of data" in html
     cells = _cells(html)
     assert cells[cells.index("Suivi Glycémie") + 1] == "10"
     assert "Meeting the charter: 1" in html
