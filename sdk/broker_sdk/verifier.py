@@ -56,6 +56,7 @@ MAX_LEEWAY = 60.0  # J11, FAPI2
 AUTH_SCHEMES = ("Bearer", "DPoP")
 _VALID, _INVALID, _SUSPENDED = 0, 1, 2
 _REQUIRED = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id", "consent_id")
+_REQUIRED_SET = frozenset(_REQUIRED)
 _STRINGS = ("sub", "jti", "client_id", "consent_id")
 
 
@@ -119,7 +120,9 @@ def granted_categories(
             continue
         values = detail.get("categories")
         if isinstance(values, list):
-            categories.update(v for v in values if isinstance(v, str))
+            for value in values:
+                if type(value) is str:
+                    categories.add(value)
         if isinstance(detail.get("purpose"), str):
             purposes.add(detail["purpose"])
     granted = frozenset(categories)
@@ -413,9 +416,9 @@ class HolderVerifier:
         self._cache = live
 
     def _check_claims(self, claims: dict[str, Any], issuer: str, now: float) -> VerifiedToken:
-        for name in _REQUIRED:
-            if name not in claims:
-                raise TokenInvalid(f"claim {name!r} is required", reason="claims")
+        if not _REQUIRED_SET.issubset(claims):
+            missing = next(name for name in _REQUIRED if name not in claims)
+            raise TokenInvalid(f"claim {missing!r} is required", reason="claims")
         aud = claims["aud"]
         if type(aud) is not str:  # the broker's tokens name one audience; a list is read too
             if not isinstance(aud, list) or not all(type(a) is str for a in aud):
