@@ -270,6 +270,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[RedocRenderPlugin()],
         ),
         debug=False,
+        # Logging is configured by `broker serve` (JSON lines, broker/ops/logs.py); Litestar's
+        # own configuration would replace it with plain text.
+        logging_config=None,
     )
     # Outside everything Litestar does: request id, log line and metrics of every request.
     app.asgi_handler = ObservedRequests(app.asgi_handler)

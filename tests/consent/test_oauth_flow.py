@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,6 +52,10 @@ class World:
     holders: dict[str, str]  # identifier -> base URL
     email: str
     db_url: str
+    # The broker process and the file its output goes to (a file, not a pipe: a pipe nobody
+    # reads would stop the server once full of log lines).
+    server: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: Path | None = None
 
 
 @pytest.fixture
@@ -97,12 +102,10 @@ def world(settings: Any, tmp_path: Any) -> Iterator[World]:
         "BROKER_PORT": str(port),
         "BROKER_ISSUER": issuer,
     }
+    log_path = Path(tmp_path) / "broker.log"
+    log_file = log_path.open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [sys.executable, "-m", "broker.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 20
@@ -112,13 +115,16 @@ def world(settings: Any, tmp_path: Any) -> Iterator[World]:
                     break
             except httpx.TransportError:
                 pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert server.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "broker did not start"
             time.sleep(0.1)
-        yield World(issuer, client_id, redirect_uri, holders, "gaelle@example.org", settings.database_url)
+        yield World(
+            issuer, client_id, redirect_uri, holders, "gaelle@example.org", settings.database_url, server, log_path
+        )
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=15)
+        log_file.close()
 
 
 def hidden(html: str, name: str) -> str:
