@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, NotFound, Unauthorized
 from broker.http import bearer_token, in_transaction
 from broker.ops.metrics import exposition
 
@@ -26,18 +26,6 @@ class NotReady(BrokerError):
     status = 503
     slug = "not-ready"
     title = "This broker node is not ready to serve requests"
-
-
-class MetricsNotFound(BrokerError):
-    status = 404
-    slug = "not-found"
-    title = "Not found"
-
-
-class MetricsUnauthorized(BrokerError):
-    status = 401
-    slug = "metrics-token-required"
-    title = "The metrics need the metrics bearer token"
 
 
 @get("/healthz", include_in_schema=False, media_type=MediaType.JSON, cache_control=None)
@@ -76,11 +64,11 @@ async def metrics(request: Request[Any, Any, Any], state: State) -> Response[byt
     token = state.settings.metrics_token
     if token is None:
         if not state.settings.dev_mode:
-            raise MetricsNotFound("no metrics here: set BROKER_METRICS_TOKEN to publish them")
+            raise NotFound("no metrics here: set BROKER_METRICS_TOKEN to publish them")
     else:
         given = bearer_token(request) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise MetricsUnauthorized("send Authorization: Bearer <BROKER_METRICS_TOKEN>")
+            raise Unauthorized("send Authorization: Bearer <BROKER_METRICS_TOKEN>")
     body, media_type = exposition()
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
 

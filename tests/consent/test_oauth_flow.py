@@ -52,8 +52,7 @@ class World:
     holders: dict[str, str]  # identifier -> base URL
     email: str
     db_url: str
-    # The broker process and the file its output goes to (a file, not a pipe: a pipe nobody
-    # reads would stop the server once full of log lines).
+    # The broker process and the file its output goes to.
     server: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
 
@@ -93,38 +92,48 @@ def world(settings: Any, tmp_path: Any) -> Iterator[World]:
         client_id = registered.app.client_id
     engine.dispose()
 
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": settings.database_url,
-        "BROKER_KEY_DIR": str(settings.key_dir),
-        "BROKER_DEV_MODE": "true",
-        "BROKER_SECRET_KEY": settings.secret_key.decode(),
-        "BROKER_PORT": str(port),
-        "BROKER_ISSUER": issuer,
-    }
     log_path = Path(tmp_path) / "broker.log"
-    log_file = log_path.open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-    )
+    server = start_broker(settings, issuer, log_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{issuer}/jwks.json", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "broker did not start"
-            time.sleep(0.1)
         yield World(
             issuer, client_id, redirect_uri, holders, "gaelle@example.org", settings.database_url, server, log_path
         )
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=15)
-        log_file.close()
+
+
+def start_broker(settings: Any, issuer: str, log_path: Path, *serve_args: str) -> subprocess.Popen[bytes]:
+    """``broker serve`` on ``issuer``'s port for the database of ``settings``, once it answers;
+    its output goes to ``log_path`` (a file, not a pipe: a pipe nobody reads would stop the
+    server once full of log lines)."""
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": settings.database_url,
+        "BROKER_KEY_DIR": str(settings.key_dir),
+        "BROKER_DEV_MODE": "true",
+        "BROKER_SECRET_KEY": settings.secret_key.decode(),
+        "BROKER_PORT": str(urlsplit(issuer).port),
+        "BROKER_ISSUER": issuer,
+    }
+    with log_path.open("wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", *serve_args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{issuer}/jwks.json", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"the broker did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
 
 
 def hidden(html: str, name: str) -> str:

@@ -7,12 +7,9 @@ OAuth test: a seeded broker, a patient, an app, two holders).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +23,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker.keys import KeyStore
 from tests.consent.test_holder_side import assertion, granted_token, holder_key
-from tests.consent.test_oauth_flow import PASSWORD, World, app_client, consent, hidden, log_in, world
+from tests.consent.test_oauth_flow import (
+    PASSWORD,
+    World,
+    app_client,
+    consent,
+    hidden,
+    log_in,
+    start_broker,
+    world,
+)
 
 __all__ = ["world"]  # the fixture, re-exported for pytest
 
@@ -198,52 +204,29 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def two_workers(settings: Any, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    KeyStore(settings.key_dir).create()
+def two_workers(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    KeyStore(settings.key_dir).create()  # before the workers, which would race to create it
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    issuer = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": settings.database_url,
-        "BROKER_KEY_DIR": str(settings.key_dir),
-        "BROKER_DEV_MODE": "true",
-        "BROKER_SECRET_KEY": settings.secret_key.decode(),
-        "BROKER_PORT": str(port),
-        "BROKER_ISSUER": issuer,
-        "BROKER_AUDIT_INTERVAL": "0",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        issuer = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # `serve` makes its own
     log_path = tmp_path / "broker.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--workers", "2"], env=env, stdout=log, stderr=log
-        )
+    server = start_broker(settings, issuer, log_path, "--workers", "2")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{issuer}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the broker did not start"
-            time.sleep(0.2)
-        yield issuer, server, log_path
+        yield issuer, log_path
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
 
 
-def test_metrics_add_up_across_workers(two_workers: tuple[str, subprocess.Popen[bytes], Path]) -> None:
-    issuer, _, log_path = two_workers
+def test_metrics_add_up_across_workers(two_workers: tuple[str, Path]) -> None:
+    issuer, log_path = two_workers
+    before = _sample(httpx.get(f"{issuer}/metrics").text, "broker_http_requests_total", route="/jwks.json")
     # New connections each time, so that both workers serve some of them.
     for _ in range(40):
         assert httpx.get(f"{issuer}/jwks.json").status_code == 200
-    pids = {r.get("message") for r in _json_lines(log_path.read_text().splitlines())}
-    assert sum(1 for m in pids if m and m.startswith("Started server process")) == 2
+    started = [r for r in _json_lines(log_path.read_text().splitlines()) if r["message"].startswith("Started server")]
+    assert len(started) == 2
     for _ in range(6):  # whichever worker answers, it reports the sum of both
         text = httpx.get(f"{issuer}/metrics").text
-        assert _sample(text, "broker_http_requests_total", route="/jwks.json", status="200") == 40
+        assert _sample(text, "broker_http_requests_total", route="/jwks.json", status="200") == before + 40
