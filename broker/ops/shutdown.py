@@ -74,24 +74,28 @@ async def until_draining(stream: AsyncIterator[T], draining: Draining, farewell:
     """The items of ``stream`` until shutdown begins, then ``farewell``; counts subscribers."""
     PUSH_SUBSCRIBERS.inc()
     stop = asyncio.ensure_future(draining.wait())
+    following: asyncio.Future[T] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(stream))
             done, _ = await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if following in done:
-                try:
-                    yield following.result()
-                except StopAsyncIteration:
-                    return
-                continue
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await following
-            yield farewell
-            return
+            if following not in done:
+                yield farewell
+                return
+            try:
+                item = following.result()
+            except StopAsyncIteration:
+                return
+            yield item
     finally:
+        # Shutdown, the end of the stream, or the subscriber gone (cancelled): stop waiting
+        # for the next item, then close the stream.
         PUSH_SUBSCRIBERS.dec()
-        stop.cancel()
+        for task in (stop, following):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await task
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(RuntimeError):
