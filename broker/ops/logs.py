@@ -2,10 +2,12 @@
 
 What a line may hold is decided here, not at each call site: the message, the logger, the
 level, the request id and a few named fields (``method``, ``route``, ``status``,
-``duration_ms``). A request is logged by its route *template* (``/consent/{request_id:str}``),
+``duration_us``). A request is logged by its route *template* (``/consent/{request_id:str}``),
 never by its path or query string, where authorization codes, ``state`` and link tokens
-travel. As a last guard, anything shaped like a JWT or one of the broker's opaque secrets
-(``hcb_…``) is masked in every message, so a mistake elsewhere cannot put one in the log.
+travel. Durations are whole microseconds: a decimal number in the log could be mistaken
+for a health value by the end-to-end test that searches the log for them. As a last guard,
+anything shaped like a JWT or one of the broker's opaque secrets (``hcb_…``) is masked in
+every message, so a mistake elsewhere cannot put one in the log.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _SECRETS = re.compile(
     r"|hcb_[a-z]+_[A-Za-z0-9_-]{16,}"  # the broker's opaque secrets (broker.opaque)
 )
 #: Fields a record may carry besides its message (``logger.info(..., extra={...})``).
-FIELDS = ("method", "route", "status", "duration_ms", "event")
+FIELDS = ("method", "route", "status", "duration_us", "event")
 
 
 def request_id_from(header: str | None) -> str:

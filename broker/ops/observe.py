@@ -87,6 +87,6 @@ def _log_request(method: str, route: str, status: int, seconds: float) -> None:
         "%s %s %d",
         (method, route, status),
         None,
-        extra={"method": method, "route": route, "status": status, "duration_ms": round(seconds * 1000, 2)},
+        extra={"method": method, "route": route, "status": status, "duration_us": round(seconds * 1e6)},
     )
     log.handle(record)

@@ -116,7 +116,7 @@ def test_log_of_a_full_flow_holds_no_secret(world: World) -> None:
     for record in requests:
         assert "?" not in record["route"]
         assert len(record["request_id"]) >= 8
-        assert {"method", "route", "status", "duration_ms", "ts", "level"} <= record.keys()
+        assert {"method", "route", "status", "duration_us", "ts", "level"} <= record.keys()
     routes = {r["route"] for r in requests}
     assert {"/token", "/authorize", "/login", "/introspect"} <= routes
     assert any(r["request_id"] == "trace-0123456789" for r in requests)
