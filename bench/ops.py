@@ -7,7 +7,8 @@ through ASGI directly (no sockets, so that the difference is not lost in HTTP pa
   limits off, logging not configured);
 - with ops: as ``broker serve`` runs it (request id, one JSON log line per request written to
   /dev/null through the real formatter, Prometheus counters and histogram, abuse limits on
-  with allowances too large to be reached).
+  with allowances too large to be reached); and the same with the limits off, to tell the
+  limits' share from the rest.
 
 Rounds alternate between the two; each round times ``--requests`` requests per endpoint, in
 CPU time of this process. Prints the median CPU time per request over the rounds, and the
@@ -115,6 +116,8 @@ def main() -> None:
     reference.asgi_handler = reference.asgi_handler.app  # without the operations layer
     huge = 10**6
     with_ops = create_app(replace(base, rate_limit_address=huge, rate_limit_client=huge, rate_limit_patient=huge))
+    # The same without the abuse limits: what the request id, log line and metrics cost alone.
+    no_limits = create_app(replace(base, rate_limit_address=0, rate_limit_client=0, rate_limit_patient=0))
 
     handler = logging.FileHandler("/dev/null")
     handler.setFormatter(JsonFormatter())
@@ -128,26 +131,34 @@ def main() -> None:
             root.removeHandler(handler)
             root.setLevel(logging.WARNING)
 
-    results: dict[str, dict[str, list[float]]] = {name: {"ref": [], "ops": []} for name, *_ in ENDPOINTS}
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"ref": [], "ops": [], "nolimits": []} for name, *_ in ENDPOINTS
+    }
 
     async def run() -> None:
         for _name, method, path, body in ENDPOINTS:  # warm-up
             await timed(reference, method, path, body, 50)
             await timed(with_ops, method, path, body, 50)
+            await timed(no_limits, method, path, body, 50)
         for _ in range(args.rounds):
             for name, method, path, body in ENDPOINTS:
                 logging_on(False)
                 results[name]["ref"].append(await timed(reference, method, path, body, args.requests))
                 logging_on(True)
                 results[name]["ops"].append(await timed(with_ops, method, path, body, args.requests))
+                results[name]["nolimits"].append(await timed(no_limits, method, path, body, args.requests))
                 logging_on(False)
 
     asyncio.run(run())
     print(f"\nOperations layer, CPU per request (median of {args.rounds} rounds of {args.requests}; ASGI)")
-    print(f"{'endpoint':<30} {'reference µs':>13} {'with ops µs':>12} {'added µs':>9} {'ratio':>6}")
+    print(
+        f"{'endpoint':<30} {'reference µs':>13} {'with ops µs':>12} {'added µs':>9} {'ratio':>6}"
+        f" {'ops, no limits µs':>18}"
+    )
     for name, times in results.items():
         ref, ops = statistics.median(times["ref"]) * 1e6, statistics.median(times["ops"]) * 1e6
-        print(f"{name:<30} {ref:>13.1f} {ops:>12.1f} {ops - ref:>9.1f} {ops / ref:>6.2f}")
+        bare = statistics.median(times["nolimits"]) * 1e6
+        print(f"{name:<30} {ref:>13.1f} {ops:>12.1f} {ops - ref:>9.1f} {ops / ref:>6.2f} {bare:>18.1f}")
 
 
 if __name__ == "__main__":
