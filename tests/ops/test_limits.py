@@ -140,6 +140,33 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert forwarded_address("10.0.0.2", None, proxies) == "10.0.0.2"
 
 
+def test_limits_count_the_address_a_trusted_proxy_forwarded(settings: Any) -> None:
+    import asyncio
+
+    import httpx
+
+    proxies = (ipaddress.ip_network("10.0.0.0/24"),)
+    body = {"grant_type": "refresh_token", "refresh_token": "x", "client_id": "app-a"}
+
+    async def statuses(peer: str, trusted: tuple[Any, ...], forwarded: list[str]) -> list[int]:
+        app = create_app(replace(settings, rate_limit_address=2, rate_limit_client=0, trusted_proxies=trusted))
+        transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
+            return [
+                (await client.post("/token", data=body, headers={"X-Forwarded-For": f})).status_code
+                for f in forwarded
+            ]
+
+    behind_proxy = asyncio.run(statuses("10.0.0.2", proxies, ["198.51.100.1"] * 3 + ["198.51.100.2"]))
+    assert behind_proxy[2] == 429 and 429 not in (behind_proxy[:2] + behind_proxy[3:])
+    # the same header from a peer that is not a trusted proxy changes nothing: one client
+    direct = asyncio.run(statuses("203.0.113.9", proxies, ["198.51.100.1", "198.51.100.2", "198.51.100.3"]))
+    assert direct[2] == 429
+    # and without any trusted proxy, the header is never believed
+    untrusted = asyncio.run(statuses("10.0.0.2", (), ["198.51.100.1", "198.51.100.2", "198.51.100.3"]))
+    assert untrusted[2] == 429
+
+
 # Every endpoint that takes a body, and the form its 413 takes.
 BODY_ENDPOINTS = [
     ("/token", "oauth"),

@@ -104,6 +104,14 @@ def test_log_of_a_full_flow_holds_no_secret(world: World) -> None:
     assert replaced.headers["x-request-id"] != "bad id\twith spaces"
     assert len(replaced.headers["x-request-id"]) == 32
 
+    # the flow's domain events, counted as they committed
+    metrics = httpx.get(f"{world.issuer}/metrics").text
+    assert _sample(metrics, "broker_tokens_issued_total", grant="authorization_code") == 1
+    assert _sample(metrics, "broker_tokens_issued_total", grant="refresh_token") == 1
+    assert _sample(metrics, "broker_revocations_total", kind="consent") == 1
+    assert _sample(metrics, "broker_audit_appends_total", tag="patient:consent:granted") == 1
+    assert _sample(metrics, "broker_http_requests_total", route="/token", status="200") == 2
+
     exit_code, lines = _stop(world)
     assert exit_code in (0, -signal.SIGTERM)
     text = "\n".join(lines)
