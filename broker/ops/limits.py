@@ -14,20 +14,29 @@ Each key has a token bucket holding a minute's allowance (``BROKER_RATE_LIMIT_*`
 continuously: a burst up to the allowance passes, then requests pass at the allowance's
 pace. Past it the answer is 429 with ``Retry-After`` (seconds until a request would pass), as
 an RFC 6749 JSON error (``temporarily_unavailable``) on the OAuth endpoints and a readable
-page on the patients' pages. Nothing else is done with the
-request: no log-in attempt, no database work.
+page on the patients' pages. Nothing else is done with the request: no log-in attempt, no
+database work.
 
-Storage: each process counts in its own memory; nothing is shared between workers or
-nodes. With W worker processes on N nodes behind a load balancer, a client may get up to
-W×N times the allowance in the worst case: divide the allowance accordingly. What must hold
-across nodes holds in the database already: failed log-ins per account and per address are
-throttled there (broker/consent/patients/throttle.py), whichever node receives them.
+Storage: each process counts in its own memory (at most ``MAX_KEYS`` keys per kind; past it
+a tenth is forgotten, full buckets first); nothing is shared between workers or nodes. With W
+worker processes on N nodes behind a load balancer, a client may get up to W×N times the
+allowance in the worst case: divide the allowance accordingly. What must hold across nodes
+holds in the database already: failed log-ins per account and per address are throttled
+there (broker/consent/patients/throttle.py), whichever node receives them.
+
+Keys an app or a patient cannot prove (a ``client_id``, an e-mail) can be named by someone
+else. The buckets are checked address first, and a request refused on one spends nothing on
+the next: from one address nobody spends more of an app's or a patient's allowance than the
+address allowance (below the app's by default, above the patient's: one address sending a
+patient's e-mail over and over holds back that patient's log-ins while it keeps sending). The
+bucket refills within a minute once the sending stops: no lasting lock-out (SECURITY W7).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -85,7 +94,7 @@ class RateLimiter:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_KEYS:
-                self._forget_idle(now)
+                self._make_room(now)
             bucket = self._buckets[key] = _Bucket(self.capacity, now)
         else:
             bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.at) * self.rate)
@@ -95,11 +104,18 @@ class RateLimiter:
             return 0
         return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
 
-    def _forget_idle(self, now: float) -> None:
-        full = self.capacity / self.rate  # seconds after which any bucket is full again
-        idle = [k for k, b in self._buckets.items() if now - b.at >= full]
-        for key in idle or list(self._buckets)[: MAX_KEYS // 10]:
+    def _make_room(self, now: float) -> None:
+        """Forget a tenth of the keys at once (so that this scan is rare): full buckets first,
+        whose loss changes nothing, then the oldest."""
+        refilled_after = self.capacity / self.rate
+        for key in [k for k, b in self._buckets.items() if now - b.at >= refilled_after]:
             del self._buckets[key]
+        excess = len(self._buckets) - (MAX_KEYS - MAX_KEYS // 10)
+        for key in list(itertools.islice(self._buckets, max(0, excess))):
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def _digest(value: str) -> str:
@@ -148,22 +164,19 @@ class RateLimits:
         if group is None or not self.limiters:
             return None
         keys = await self._keys(request, group)
-        wait = 0
+        # Address first, then app, then patient; a request refused by one bucket spends
+        # nothing from the next ones, so that from one address nobody spends more of an app's
+        # or a patient's allowance than that address's own.
         for kind, value in keys.items():
             limiter = self.limiters.get(kind)
             if limiter is not None and value:
-                wait = max(wait, limiter.take(f"{group}:{kind}:{_digest(value)}"))
-        if wait == 0:
-            return None
-        return self._refusal(request, group, route, wait)
+                wait = limiter.take(f"{group}:{kind}:{_digest(value)}")
+                if wait:
+                    return self._refusal(request, group, route, wait)
+        return None
 
     async def _keys(self, request: Request[Any, Any, Any], group: str) -> dict[str, str | None]:
         keys: dict[str, str | None] = {"address": client_address(request)}
-        if "patient" in self.limiters and group in ("login", "signup"):
-            email = await _form_field(request, "email")
-            keys["patient"] = email.strip().lower() if email else None
-        if "patient" in self.limiters and group == "authorization":
-            keys["patient"] = _session_cookie(request)
         if "client" in self.limiters and group in ("registration", "authorization", "token"):
             keys["client"] = (
                 request.path_params.get("client_id")
@@ -171,6 +184,11 @@ class RateLimits:
                 or request.query_params.get("client_id")
                 or await _form_field(request, "client_id")
             )
+        if "patient" in self.limiters and group in ("login", "signup"):
+            email = await _form_field(request, "email")
+            keys["patient"] = email.strip().lower() if email else None
+        if "patient" in self.limiters and group == "authorization":
+            keys["patient"] = _session_cookie(request)
         return keys
 
     def _refusal(self, request: Request[Any, Any, Any], group: str, route: str, wait: int) -> Response[Any]:

@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 
 from broker.app import create_app
 from broker.http import forwarded_address
-from broker.ops.limits import RateLimiter
+from broker.ops.limits import RateLimiter, _digest
 from tests.factories import app_registration
 
 
@@ -198,3 +198,36 @@ def test_body_size_limit_per_endpoint(
         assert answer.headers["content-type"].startswith("application/problem+json")
     else:
         assert answer.headers["content-type"].startswith("text/html")
+
+
+def test_a_full_limiter_forgets_a_tenth_full_buckets_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import broker.ops.limits as limits
+
+    monkeypatch.setattr(limits, "MAX_KEYS", 100)
+    now = [0.0]
+    limiter = RateLimiter(60, clock=lambda: now[0])
+    for index in range(60):
+        limiter.take(f"old-{index}")
+    now[0] = 120.0  # the first sixty are full again
+    for index in range(40):
+        for _ in range(60):
+            limiter.take(f"busy-{index}")  # empty buckets: these must be kept
+    limiter.take("one-more")
+    assert len(limiter) == 41
+    assert limiter.take("busy-0") > 0  # still empty: its count was not forgotten
+    # only busy keys: the oldest tenth goes, in one pass
+    for index in range(59):
+        limiter.take(f"new-{index}")
+    assert len(limiter) == 100
+    limiter.take("overflow")
+    assert len(limiter) == 91
+
+
+def test_a_request_refused_by_its_address_spends_nothing_of_the_app(limited: Any) -> None:
+    client = limited(rate_limit_address=2, rate_limit_client=3)
+    statuses = [_token_request(client, "app-a").status_code for _ in range(5)]
+    assert statuses[2:] == [429, 429, 429]
+    # the app's allowance (3) was spent twice only: one more request (from anywhere) passes
+    app_bucket = client.app.before_request.limiters["client"]
+    assert app_bucket.take("token:client:" + _digest("app-a")) == 0
+    assert app_bucket.take("token:client:" + _digest("app-a")) > 0
