@@ -55,6 +55,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": mask_secrets(record.getMessage()),
+            "pid": record.process,  # which worker, with `broker serve --workers N`
         }
         request_id = REQUEST_ID.get()
         if request_id is not None:

@@ -10,6 +10,7 @@ import json
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -212,7 +213,9 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def two_workers(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+def two_workers(
+    settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     KeyStore(settings.key_dir).create()  # before the workers, which would race to create it
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -221,14 +224,69 @@ def two_workers(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     log_path = tmp_path / "broker.log"
     server = start_broker(settings, issuer, log_path, "--workers", "2")
     try:
-        yield issuer, log_path
+        yield issuer, log_path, server
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
 
 
-def test_metrics_add_up_across_workers(two_workers: tuple[str, Path]) -> None:
-    issuer, log_path = two_workers
+def test_sigterm_to_the_parent_closes_every_worker_s_push_streams(
+    settings: Any, two_workers: tuple[str, Path, subprocess.Popen[bytes]]
+) -> None:
+    from jwcrypto import jwk
+    from sqlalchemy import update
+
+    from broker.catalog.models import Holder
+    from broker.charter import load_charter
+    from broker.db import make_engine, make_session_factory, transaction, utcnow
+    from tests.factories import seed_two_holders
+
+    issuer, log_path, server = two_workers
+    key = jwk.JWK.generate(kty="EC", crv="P-256", kid="labo-key")
+    public = {**key.export_public(as_dict=True), "alg": "ES256", "use": "sig"}
+    engine = make_engine(settings.database_url)
+    with transaction(make_session_factory(engine)) as session:
+        seed_two_holders(session, load_charter(), utcnow())
+        session.execute(update(Holder).where(Holder.identifier == "labo-test").values(jwks={"keys": [public]}))
+    engine.dispose()
+
+    heard: list[list[str]] = []
+    subscribed, ended = threading.Semaphore(0), threading.Semaphore(0)
+
+    def listen() -> None:
+        lines: list[str] = []
+        heard.append(lines)
+        headers = {"Authorization": f"Bearer {assertion(key, 'labo-test', issuer)}"}
+        with httpx.stream(
+            "GET", f"{issuer}/events/revocations", params={"holder": "labo-test"}, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if line.startswith(": subscribed"):
+                    subscribed.release()
+        ended.release()
+
+    listeners = [threading.Thread(target=listen, daemon=True) for _ in range(4)]
+    for listener in listeners:
+        listener.start()
+    for _ in listeners:
+        assert subscribed.acquire(timeout=10)
+    server.send_signal(signal.SIGTERM)  # to uvicorn's supervisor, which passes it on
+    started = time.monotonic()
+    for _ in listeners:
+        assert ended.acquire(timeout=8), "a push stream was not closed"
+    took = time.monotonic() - started
+    assert all(any(line.startswith(": closing") for line in lines) for lines in heard)
+    records = _json_lines(log_path.read_text().splitlines())
+    draining_workers = {r["pid"] for r in records if r.get("event") == "draining"}
+    assert len(draining_workers) >= 1
+    assert not any("Cancel" in r["message"] for r in records), "uvicorn had to cut a task"
+    print(f"4 push streams closed {took:.2f} s after SIGTERM ({len(draining_workers)} worker(s) held them)")
+
+
+def test_metrics_add_up_across_workers(two_workers: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    issuer, log_path, _ = two_workers
     before = _sample(httpx.get(f"{issuer}/metrics").text, "broker_http_requests_total", route="/jwks.json")
     # New connections each time, so that both workers serve some of them.
     for _ in range(40):
