@@ -132,6 +132,30 @@ def test_log_of_a_full_flow_holds_no_secret(world: World) -> None:
     assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's lines are JSON too
 
 
+def _subscribe(issuer: str, key: Any, subscribed: threading.Semaphore, ended: threading.Semaphore) -> list[str]:
+    """Subscribe to the push stream as ``labo-test`` in a thread; the lines it hears.
+
+    ``subscribed`` is released once the stream answers, ``ended`` once the server has ended it
+    (a clean end of stream: no error, no reset).
+    """
+    lines: list[str] = []
+
+    def listen() -> None:
+        headers = {"Authorization": f"Bearer {assertion(key, 'labo-test', issuer)}"}
+        with httpx.stream(
+            "GET", f"{issuer}/events/revocations", params={"holder": "labo-test"}, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if line.startswith(": subscribed"):
+                    subscribed.release()
+        ended.release()
+
+    threading.Thread(target=listen, daemon=True).start()
+    return lines
+
+
 def _raw_head(port: int, body_length: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=20)
     sock.sendall(
@@ -146,25 +170,9 @@ def test_sigterm_lets_requests_finish_and_closes_push_streams(world: World) -> N
     browser = httpx.Client(base_url=world.issuer)
     log_in(browser, world.email)
     granted_token(world, browser)
-    lines_heard: list[str] = []
-    subscribed, ended = threading.Event(), threading.Event()
-
-    def listen() -> None:
-        headers = {"Authorization": f"Bearer {assertion(key, 'labo-test', world.issuer)}"}
-        with httpx.stream(
-            "GET", f"{world.issuer}/events/revocations", params={"holder": "labo-test"}, headers=headers,
-            timeout=30,
-        ) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                lines_heard.append(line)
-                if line.startswith(": subscribed"):
-                    subscribed.set()
-        ended.set()  # the server ended the stream: no error, no reset
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    assert subscribed.wait(10)
+    subscribed, ended = threading.Semaphore(0), threading.Semaphore(0)
+    lines_heard = _subscribe(world.issuer, key, subscribed, ended)
+    assert subscribed.acquire(timeout=10)
     metrics = httpx.get(f"{world.issuer}/metrics").text
     assert _sample(metrics, "broker_push_subscribers") == 1
 
@@ -178,7 +186,7 @@ def test_sigterm_lets_requests_finish_and_closes_push_streams(world: World) -> N
     assert world.server is not None
     started = time.monotonic()
     world.server.send_signal(signal.SIGTERM)
-    assert ended.wait(5), "the push stream did not end"
+    assert ended.acquire(timeout=5), "the push stream did not end"
     took = time.monotonic() - started
     assert lines_heard[-1].startswith(": closing") or ": closing: this node is shutting down" in lines_heard
     # the listener closed: no new connection is accepted
@@ -250,31 +258,13 @@ def test_sigterm_to_the_parent_closes_every_worker_s_push_streams(
         session.execute(update(Holder).where(Holder.identifier == "labo-test").values(jwks={"keys": [public]}))
     engine.dispose()
 
-    heard: list[list[str]] = []
     subscribed, ended = threading.Semaphore(0), threading.Semaphore(0)
-
-    def listen() -> None:
-        lines: list[str] = []
-        heard.append(lines)
-        headers = {"Authorization": f"Bearer {assertion(key, 'labo-test', issuer)}"}
-        with httpx.stream(
-            "GET", f"{issuer}/events/revocations", params={"holder": "labo-test"}, headers=headers, timeout=30
-        ) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                lines.append(line)
-                if line.startswith(": subscribed"):
-                    subscribed.release()
-        ended.release()
-
-    listeners = [threading.Thread(target=listen, daemon=True) for _ in range(4)]
-    for listener in listeners:
-        listener.start()
-    for _ in listeners:
+    heard = [_subscribe(issuer, key, subscribed, ended) for _ in range(4)]
+    for _ in heard:
         assert subscribed.acquire(timeout=10)
     server.send_signal(signal.SIGTERM)  # to uvicorn's supervisor, which passes it on
     started = time.monotonic()
-    for _ in listeners:
+    for _ in heard:
         assert ended.acquire(timeout=8), "a push stream was not closed"
     took = time.monotonic() - started
     assert all(any(line.startswith(": closing") for line in lines) for lines in heard)
