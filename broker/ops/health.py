@@ -58,7 +58,7 @@ async def readyz(state: State) -> Response[dict[str, str]]:
 
 
 @get("/metrics", include_in_schema=False)
-async def metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+async def metrics(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     """Prometheus text format. With ``BROKER_METRICS_TOKEN`` set, only for that bearer token;
     without it, in development mode only (never public by default in production)."""
     token = state.settings.metrics_token
@@ -68,7 +68,13 @@ async def metrics(request: Request[Any, Any, Any], state: State) -> Response[byt
     else:
         given = bearer_token(request) or ""
         if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("send Authorization: Bearer <BROKER_METRICS_TOKEN>")
+            refused = Unauthorized("send Authorization: Bearer <BROKER_METRICS_TOKEN>")
+            return Response(  # RFC 6750 §3: say which scheme is wanted
+                refused.problem(request.url.path),
+                status_code=401,
+                media_type="application/problem+json",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"', "Cache-Control": "no-store"},
+            )
     body, media_type = exposition()
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
 

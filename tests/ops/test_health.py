@@ -100,7 +100,10 @@ def test_metrics_are_not_public_in_production(settings: Any) -> None:
     token = "m" * 40
     protected = replace(settings, dev_mode=False, metrics_token=token)
     with TestClient(app=create_app(protected)) as client:
-        assert client.get("/metrics").status_code == 401
+        refused = client.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert refused.headers["content-type"].startswith("application/problem+json")
         assert client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40}).status_code == 401
         answer = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 200
