@@ -28,6 +28,7 @@ from broker.charter import load_charter
 from broker.consent.catalog_pages import catalog_pages
 from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
+from broker.consent.patients.rendering import render_page
 from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
@@ -35,6 +36,11 @@ from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
 from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
+from broker.ops.health import health_routes
+from broker.ops.limits import RateLimits
+from broker.ops.metrics import process_stopped
+from broker.ops.observe import ObservedRequests
+from broker.ops.shutdown import Draining
 from broker.settings import Settings
 from broker.web.i18n import STATIC
 
@@ -186,6 +192,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "session_factory": session_factory,
             "keystore": keystore,
             "charters": CharterInForce(settings.charter_version),
+            "draining": (draining := Draining()),
             "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
             "templates": Environment(
                 loader=FileSystemLoader(TEMPLATES),
@@ -222,9 +229,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         with transaction(session_factory) as session:
             seed_demo(session, settings)
 
-    return Litestar(
+    def too_many_requests_page(request: Request[Any, Any, Any], wait: int) -> Response[Any]:
+        return render_page(request, "patients/error.html", status_code=429, code="throttled")
+
+    app = Litestar(
         route_handlers=[
             index,
+            *health_routes,
             metadata,
             jwks,
             *federation_routes,
@@ -247,8 +258,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
-        on_startup=[sequencer.start],
-        on_shutdown=[sequencer.stop, on_shutdown],
+        before_request=RateLimits(settings, page=too_many_requests_page),
+        on_startup=[draining.install, sequencer.start],
+        on_shutdown=[draining.begin, sequencer.stop, on_shutdown, process_stopped],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",
@@ -258,4 +270,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[RedocRenderPlugin()],
         ),
         debug=False,
+        # Logging is configured by `broker serve` (JSON lines, broker/ops/logs.py); Litestar's
+        # own configuration would replace it with plain text.
+        logging_config=None,
     )
+    # Outside everything Litestar does: request id, log line and metrics of every request.
+    app.asgi_handler = ObservedRequests(app.asgi_handler)
+    return app

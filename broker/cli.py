@@ -46,11 +46,31 @@ def _read_json(path: str) -> Any:
 # -- commands -------------------------------------------------------------------------------
 
 
+def _metrics_directory(workers: int) -> None:
+    """Several workers share their metrics through files (prometheus_client multiprocess
+    mode): an empty directory, named before any worker imports prometheus_client."""
+    import os
+    import tempfile
+
+    from broker.ops.metrics import MULTIPROCESS_VARIABLE
+
+    given = os.environ.get(MULTIPROCESS_VARIABLE)
+    if given:
+        # The operator's directory: last run's files would add stale values to this one's.
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+    elif workers > 1:
+        os.environ[MULTIPROCESS_VARIABLE] = tempfile.mkdtemp(prefix="broker-metrics-")
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from broker.ops.logs import log_config
+
     host = args.host or settings.host
     port = args.port or settings.port
+    _metrics_directory(args.workers)
     print(f"Broker starting — open http://{host}:{port}  (Ctrl-C to stop)", flush=True)
     uvicorn.run(
         "broker.app:create_app",
@@ -62,6 +82,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         http="broker.serving:BrokerHttpProtocol",
         loop="uvloop",
         log_level="info",
+        # One JSON object per line on standard error, in every worker (broker/ops/logs.py).
+        log_config=log_config("INFO"),
         # uvicorn's access log writes query strings (authorization codes, ``state``, link
         # tokens come in them) and costs a log record per request: off.
         access_log=False,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
@@ -50,6 +51,50 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def forwarded_address(peer: str | None, forwarded_for: str | None, trusted: Networks) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy.
+
+    Behind trusted proxies, ``X-Forwarded-For`` is read from the right (each proxy appends
+    the address it saw) and the first address that is not a trusted proxy is the client's:
+    anything left of it was written by the client and proves nothing (SECURITY A1 §4.13).
+    """
+    if not peer:
+        return "unknown"
+    if not trusted or not _in_networks(peer, trusted):
+        return peer
+    address = peer
+    for item in reversed((forwarded_for or "").split(",")):
+        candidate = item.strip()
+        try:
+            ipaddress.ip_address(candidate)
+        except ValueError:
+            break  # garbage: stop at the last address a trusted proxy vouched for
+        address = candidate
+        if not _in_networks(candidate, trusted):
+            break
+    return address
+
+
+def _in_networks(address: str, networks: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(request: Request[Any, Any, Any]) -> str:
+    """The address of the client of ``request``, trusting ``BROKER_TRUSTED_PROXIES`` only."""
+    return forwarded_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        request.app.state.settings.trusted_proxies,
+    )
 
 
 class _DatabaseThreads:

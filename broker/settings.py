@@ -7,6 +7,7 @@ environment itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 PolicyMode = Literal["gate", "label"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -64,6 +66,17 @@ def _ports(env: Mapping[str, str], name: str) -> frozenset[int]:
             raise SettingsError(name, f"expected port numbers separated by commas, got {raw!r}")
         ports.add(int(item))
     return frozenset(ports)
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    raw = env.get(name, "").strip()
+    networks = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(name, f"expected IP addresses or networks (CIDR), got {item!r}") from None
+    return tuple(networks)
 
 
 def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -166,6 +179,21 @@ class Settings:
     #: BROKER_FEDERATION_TRUST_MARKS — trust marks issued to this broker by others (compact
     #: JWTs separated by spaces), published in its entity configuration as they are.
     federation_trust_marks: tuple[str, ...] = field(default=(), repr=False)
+    #: BROKER_TRUSTED_PROXIES — addresses or networks (CIDR, separated by commas or spaces) of
+    #: the reverse proxies in front of the broker. Only a request whose peer is one of them has
+    #: its ``X-Forwarded-For`` believed (SECURITY A1 §4.13); none by default.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: BROKER_RATE_LIMIT_ADDRESS / BROKER_RATE_LIMIT_CLIENT / BROKER_RATE_LIMIT_PATIENT —
+    #: requests per minute allowed on the log-in, sign-up, registration, authorization and
+    #: token endpoints, per client address, per app (client id) and per patient (e-mail on
+    #: log-in and sign-up, session on authorization); 0 switches that limit off. Counted in
+    #: each process's memory (broker/ops/limits.py says what that means with several nodes).
+    rate_limit_address: int = 300
+    rate_limit_client: int = 600
+    rate_limit_patient: int = 60
+    #: BROKER_METRICS_TOKEN — the bearer secret that ``/metrics`` asks for. Without it the
+    #: metrics are served in development mode only; in production ``/metrics`` answers 404.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def oidc_enabled(self) -> bool:
@@ -256,7 +284,19 @@ class Settings:
                 for hint in env.get("BROKER_FEDERATION_AUTHORITY_HINTS", "").split()
             ),
             federation_trust_marks=tuple(env.get("BROKER_FEDERATION_TRUST_MARKS", "").split()),
+            trusted_proxies=_networks(env, "BROKER_TRUSTED_PROXIES"),
+            rate_limit_address=_int(env, "BROKER_RATE_LIMIT_ADDRESS", cls.rate_limit_address, 0, 10**6),
+            rate_limit_client=_int(env, "BROKER_RATE_LIMIT_CLIENT", cls.rate_limit_client, 0, 10**6),
+            rate_limit_patient=_int(env, "BROKER_RATE_LIMIT_PATIENT", cls.rate_limit_patient, 0, 10**6),
+            metrics_token=_metrics_token(env, "BROKER_METRICS_TOKEN"),
         )
+
+
+def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    if value and len(value) < 32:
+        raise SettingsError(name, "must be at least 32 characters long")
+    return value or None
 
 
 def _development_secret(key_dir: Path) -> bytes:

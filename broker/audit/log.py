@@ -102,6 +102,11 @@ def filter_columns(details: Mapping[str, Any] | None) -> dict[str, str | None]:
     }
 
 
+#: ``session.info`` key of the events appended in the session's open transaction, as
+#: ``(tag, details)``; the metrics (broker/ops/metrics.py) count them once it commits.
+COMMITTING_EVENTS = "audit_events_committing"
+
+
 def append_event(
     session: Session,
     *,
@@ -132,6 +137,7 @@ def append_event(
             **filter_columns(details),
         },
     )
+    session.info.setdefault(COMMITTING_EVENTS, []).append((tag.value, details))
 
 
 def iso(at: datetime) -> str:

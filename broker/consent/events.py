@@ -28,6 +28,7 @@ from broker.consent.replay_store import DatabaseReplayCache
 from broker.db import utcnow
 from broker.errors import InvalidToken
 from broker.http import bearer_token, in_transaction
+from broker.ops.shutdown import until_draining
 
 POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
@@ -131,4 +132,9 @@ async def revocation_stream(request: Request[Any, Any, Any], state: State, holde
             await asyncio.sleep(POLL_SECONDS)
             idle += POLL_SECONDS
 
-    return ServerSentEvent(stream(), headers={"Cache-Control": "no-store"})
+    # On shutdown the stream ends with a comment; the holder reconnects elsewhere, resuming
+    # from its Last-Event-ID.
+    farewell = ServerSentEventMessage(comment="closing: this node is shutting down", data=None)
+    return ServerSentEvent(
+        until_draining(stream(), state.draining, farewell), headers={"Cache-Control": "no-store"}
+    )

@@ -23,7 +23,8 @@ What every fetch enforces:
   a checked address while TLS (SNI, certificate) and ``Host`` keep the name.
 - S3 no automatic redirects: at most 2, each checked again; https→http refused;
   ``same_origin=True`` (used for jwks_uri) refuses cross-origin hops.
-- S4 2 s to connect, 5 s for everything; the body is capped per kind on decoded bytes
+- S4 2 s to resolve (getaddrinfo in a thread, waited for until then), 2 s to connect, 5 s
+  for everything; the body is capped per kind on decoded bytes
   while it streams (``JWKS`` 64 KiB, ``DOCUMENT`` and ``ENTITY_STATEMENT`` 256 KiB);
   Content-Type allow-listed per kind; JSON strict, with a depth limit checked before parsing.
 - S5 ``trust_env=False`` (no proxy variables, no .netrc), no cookies, no credentials, a fixed

@@ -15,6 +15,8 @@ import ssl
 import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import httpcore
@@ -31,6 +33,25 @@ def system_resolver(host: str, port: int) -> list[str]:
     """getaddrinfo, every address it returns (S2 checks them all)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+# getaddrinfo has no timeout of its own and cannot be interrupted: it runs in one of these
+# threads and the fetch waits for it only until its deadline. A resolution that hangs keeps
+# its thread until the system resolver gives up; with the pool bounded, hanging names cannot
+# pile up threads, and a fetch whose resolution waits behind them times out like the rest.
+_RESOLVER_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-resolve")
+
+
+def resolve_within(resolver: Resolver, host: str, port: int, timeout: float) -> Sequence[str]:
+    """``resolver(host, port)``, or ``OutboundRefused`` if it takes more than ``timeout`` s."""
+    if timeout <= 0:
+        raise OutboundRefused(f"no time left to resolve {host!r}")
+    future = _RESOLVER_THREADS.submit(resolver, host, port)
+    try:
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        future.cancel()  # if still queued; a running getaddrinfo finishes in its thread
+        raise OutboundRefused(f"resolving {host!r} took more than {timeout:.1f} s") from None
 
 
 def _default_ssl_context() -> ssl.SSLContext:
@@ -51,6 +72,7 @@ class OutboundPolicy:
     allowed_ports: frozenset[int] = frozenset({443})
     resolver: Resolver = system_resolver
     connect_timeout: float = 2.0
+    resolve_timeout: float = 2.0
     deadline: float = 5.0
     ssl_context: ssl.SSLContext = field(default_factory=_default_ssl_context)
     public_stand_ins: frozenset[str] = frozenset()
@@ -60,13 +82,19 @@ class OutboundPolicy:
         """From ``broker.settings.Settings``: development mode and the allowed ports."""
         return cls(dev_mode=settings.dev_mode, allowed_ports=settings.outbound_allowed_ports)
 
-    def pinned_address(self, host: str, port: int) -> str:
-        """S2: resolve ``host``; refuse if any address fails S0; the address to connect to."""
+    def pinned_address(self, host: str, port: int, deadline_at: float | None = None) -> str:
+        """S2: resolve ``host``; refuse if any address fails S0; the address to connect to.
+
+        S4: resolution ends by ``resolve_timeout`` and by the fetch's deadline.
+        """
         if is_ip_literal(host):
             addresses: Sequence[str] = [host]
         else:
+            timeout = self.resolve_timeout
+            if deadline_at is not None:
+                timeout = min(timeout, deadline_at - time.monotonic())
             try:
-                addresses = list(self.resolver(host, port))
+                addresses = list(resolve_within(self.resolver, host, port, timeout))
             except (OSError, UnicodeError) as exc:
                 raise OutboundRefused(f"resolving {host!r} failed: {exc}") from None
         if not addresses:
@@ -129,7 +157,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[typing.Any] | None = None,
     ) -> httpcore.NetworkStream:
-        address = self._policy.pinned_address(host, port)
+        address = self._policy.pinned_address(host, port, self._deadline_at)
         remaining = self._deadline_at - time.monotonic()
         if remaining <= 0:
             raise OutboundRefused("the total deadline passed before connecting")

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,6 +52,9 @@ class World:
     holders: dict[str, str]  # identifier -> base URL
     email: str
     db_url: str
+    # The broker process and the file its output goes to.
+    server: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: Path | None = None
 
 
 @pytest.fixture
@@ -88,37 +92,48 @@ def world(settings: Any, tmp_path: Any) -> Iterator[World]:
         client_id = registered.app.client_id
     engine.dispose()
 
+    log_path = Path(tmp_path) / "broker.log"
+    server = start_broker(settings, issuer, log_path)
+    try:
+        yield World(
+            issuer, client_id, redirect_uri, holders, "gaelle@example.org", settings.database_url, server, log_path
+        )
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=15)
+
+
+def start_broker(settings: Any, issuer: str, log_path: Path, *serve_args: str) -> subprocess.Popen[bytes]:
+    """``broker serve`` on ``issuer``'s port for the database of ``settings``, once it answers;
+    its output goes to ``log_path`` (a file, not a pipe: a pipe nobody reads would stop the
+    server once full of log lines)."""
     env = {
         **os.environ,
         "BROKER_DATABASE_URL": settings.database_url,
         "BROKER_KEY_DIR": str(settings.key_dir),
         "BROKER_DEV_MODE": "true",
         "BROKER_SECRET_KEY": settings.secret_key.decode(),
-        "BROKER_PORT": str(port),
+        "BROKER_PORT": str(urlsplit(issuer).port),
         "BROKER_ISSUER": issuer,
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{issuer}/jwks.json", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "broker did not start"
-            time.sleep(0.1)
-        yield World(issuer, client_id, redirect_uri, holders, "gaelle@example.org", settings.database_url)
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=15)
+    with log_path.open("wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", *serve_args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{issuer}/jwks.json", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"the broker did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
 
 
 def hidden(html: str, name: str) -> str:

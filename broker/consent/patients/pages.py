@@ -28,7 +28,7 @@ from broker.consent.patients.rendering import page_language, render_page, safe_n
 from broker.consent.patients.sessions import login_redirect, patient_from_request, session_id_hash
 from broker.db import utcnow
 from broker.errors import BrokerError
-from broker.http import in_transaction
+from broker.http import client_address, in_transaction
 from broker.settings import Settings
 from broker.web.i18n import LANGUAGE_COOKIE, LANGUAGES
 
@@ -50,12 +50,6 @@ def patient_state(settings: Settings) -> dict[str, Any]:
         ),
         "oidc_provider": oidc.ProviderCache(settings) if settings.oidc_enabled else None,
     }
-
-
-def client_address(request: Request[Any, Any, Any]) -> str:
-    # The peer address only: X-Forwarded-For is trusted from no one until a trusted proxy
-    # can be configured (SECURITY A1 §4.13).
-    return request.client.host if request.client else "unknown"
 
 
 async def form_fields(request: Request[Any, Any, Any], *names: str) -> dict[str, str]:
