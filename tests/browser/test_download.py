@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -31,32 +29,18 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import PG_ENV, backends
+from tests.browser.axe import assert_accessible
 from tests.consent.test_oauth_flow import hidden
 from tests.e2e.browser import Browser, forms
-from tests.e2e.stack import Database, Stack, find_served, served, where
-from tests.e2e.test_demo_flow import sign_up_and_link
+from tests.e2e.stack import Stack, find_served, served, where
+from tests.e2e.test_demo_flow import sign_up_and_link, stack
+
+__all__ = ["stack"]  # the fixture (real processes, on each backend), re-exported for pytest
 
 pytestmark = pytest.mark.e2e
 
 LAB, INSURER = "labo-demo", "assurance-demo"
 DOWNLOAD_CLIENT_ID = "broker-download"
-
-
-@pytest.fixture(params=backends())
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    database = (
-        Database.postgresql(os.environ[PG_ENV])
-        if request.param == "postgresql"
-        else Database.sqlite(tmp_path)
-    )
-    running = Stack(tmp_path, database)
-    try:
-        running.up()
-        yield running
-    finally:
-        running.down()
-        database.drop()
 
 
 def issue(browser: Browser, stack: Stack, items: list[str], file_format: str = "json") -> dict[str, str]:
@@ -210,7 +194,7 @@ def _payload(token: str) -> bytes:
 
 
 def test_download_without_and_with_javascript_and_the_one_rule(
-    stack: Stack, chromium: Any, capsys: pytest.CaptureFixture[str]
+    stack: Stack, chromium: Any, axe: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     browser = Browser()
     sign_up_and_link(browser, stack)
@@ -262,8 +246,10 @@ def test_download_without_and_with_javascript_and_the_one_rule(
     page.on("console", lambda message: problems.append(message.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto(f"{stack.issuer}/my/download")
+    assert_accessible(page, axe)
     page.click("button[type=submit]")
     page.wait_for_selector("#archive", state="visible", timeout=5000)
+    assert_accessible(page, axe)
     with page.expect_download() as info:
         page.click("#archive-start")
     assert problems == [], problems
@@ -274,6 +260,17 @@ def test_download_without_and_with_javascript_and_the_one_rule(
     for holder, kinds_here in ((LAB, {"Observation", "Patient"}), (INSURER, {"ExplanationOfBenefit"})):
         resources = validate_bundle(archive.read(f"{holder}.json"), kinds_here)
         assert resources == expected(holder, everything[holder])
+    context.close()
+
+    # -- in English too, in plain words ------------------------------------------------------
+    context = chromium.new_context(locale="en-GB", extra_http_headers={"Accept-Language": "en"})
+    to_playwright(browser, context, stack)
+    page = context.new_page()
+    page.goto(f"{stack.issuer}/my/download")
+    assert page.locator("h1").inner_text() == "Download my data"
+    words = page.locator("main").inner_text().lower()
+    assert "how to keep it safe" in words
+    assert not any(jargon in words for jargon in ("token", "scope", "oauth"))
     context.close()
 
     refusals(stack, browser)
