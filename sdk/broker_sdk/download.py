@@ -209,6 +209,20 @@ def summary_html(resources: Resources, *, title: str, holder_name: str, now: flo
     )
 
 
+def _page(status: int, title: str, message: str, english: str) -> DownloadAnswer:
+    """A short readable page for the patient's browser (French, then English)."""
+    page = (
+        f'<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
+        f'<p lang="en">{html.escape(english)}</p></body></html>'
+    )
+    return DownloadAnswer(
+        status,
+        [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
+        page.encode("utf-8"),
+    )
+
+
 def _refusal(error: VerificationError) -> DownloadAnswer:
     if isinstance(error, BrokerUnavailable):
         status, message = 503, "Le service de consentement ne répond pas. Réessayez dans un moment."
@@ -218,15 +232,15 @@ def _refusal(error: VerificationError) -> DownloadAnswer:
             "Ce lien de téléchargement n'est plus valable : il a déjà servi, il a expiré, ou il "
             "n'est pas fait pour cet organisme. Recommencez depuis « Télécharger mes données »."
         )
-    page = (
-        '<!doctype html><html lang="fr"><head><meta charset="utf-8"><title>Téléchargement refusé</title>'
-        f"</head><body><h1>Téléchargement refusé</h1><p>{html.escape(message)}</p>"
-        f'<p lang="en">The download was refused ({html.escape(error.error)}).</p></body></html>'
-    )
-    return DownloadAnswer(
-        status,
-        [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
-        page.encode("utf-8"),
+    return _page(status, "Téléchargement refusé", message, f"The download was refused ({error.error}).")
+
+
+def _bad_form(detail: str) -> DownloadAnswer:
+    return _page(
+        400,
+        "Demande incomplète",
+        "Cette demande de téléchargement est mal formée. Recommencez depuis « Télécharger mes données ».",
+        f"The download request is malformed: {detail}.",
     )
 
 
@@ -248,7 +262,7 @@ def handle_download(
     """
     file_format = form.get("format") or "json"
     if file_format not in FORMATS:
-        return _refusal(TokenInvalid("format must be json or html", reason="format"))
+        return _bad_form("format must be json or html")
     try:
         verified = verifier.verify(form.get("download_token") or "")
     except VerificationError as error:
@@ -257,8 +271,7 @@ def handle_download(
     try:
         resources = list(serve(request))
     except LookupError:  # the holder has no record for this link handle
-        page = "<!doctype html><html lang='fr'><title>Dossier introuvable</title><p>Aucun dossier ici."
-        return DownloadAnswer(404, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8"))
+        return _page(404, "Dossier introuvable", "Aucun dossier ici pour ce lien.", "No record here.")
     if receipts is not None:
         receipts.submit(verified, categories=sorted(verified.categories), record_count=len(resources))
     headers = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
@@ -356,11 +369,11 @@ class DownloadEndpoint:
             message = await receive()
             body += message.get("body", b"")
             if len(body) > MAX_FORM_BYTES:
-                return DownloadAnswer(413, [("content-type", "text/plain")], b"form too large")
+                return _page(413, "Demande trop longue", "Cette demande est trop longue.", "Form too large.")
             if not message.get("more_body"):
                 break
         if content_type != "application/x-www-form-urlencoded":
-            return _refusal(TokenInvalid("send the download form (urlencoded)", reason="malformed"))
+            return _bad_form("send the form as application/x-www-form-urlencoded")
         fields = parse_qs(body.decode("latin-1"), keep_blank_values=True, max_num_fields=8)
         form = {k: v[0] for k, v in fields.items() if len(v) == 1}
         return await asyncio.to_thread(

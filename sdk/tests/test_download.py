@@ -130,7 +130,7 @@ def test_handle_download_answers_a_bundle_or_a_summary(
     )
     assert summary.status == 200 and "5.4 mmol/L" in summary.text
     assert "&lt;à jeun&gt;" in summary.text  # escaped
-    assert handle_download({"format": "pdf"}, downloads, serve, base_url=base, holder_name="x").status == 401
+    assert handle_download({"format": "pdf"}, downloads, serve, base_url=base, holder_name="x").status == 400
 
 
 def test_summary_is_newest_first() -> None:
@@ -187,4 +187,4 @@ def test_the_asgi_endpoint_and_cors(live_broker: Broker, app_token: str, downloa
     assert json.loads(answer)["resourceType"] == "Bundle"
     assert call(endpoint, "GET")[0] == 405
     assert call(endpoint, "POST", b"", content_type=form, query=f"download_token={token}")[0] == 401
-    assert call(endpoint, "POST", raw, content_type="application/json")[0] == 401
+    assert call(endpoint, "POST", raw, content_type="application/json")[0] == 400
