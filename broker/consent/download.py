@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, update
+from sqlalchemy import JSON, ForeignKey, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from broker.audit.log import append_event
@@ -83,6 +83,18 @@ class Handover:
 def downloadable(session: Session, patient_id: str) -> list[Holder]:
     """The patient's linked, approved holders that offer a download endpoint."""
     return [h for _link, h in active_links(session, patient_id) if h.download_endpoint]
+
+
+def recent_downloads(session: Session, patient_id: str, limit: int = 10) -> list[DownloadConsent]:
+    """The patient's latest download consents, newest first."""
+    return list(
+        session.scalars(
+            select(DownloadConsent)
+            .where(DownloadConsent.patient_id == patient_id)
+            .order_by(DownloadConsent.granted_at.desc(), DownloadConsent.id)
+            .limit(limit)
+        )
+    )
 
 
 def parse_choice(items: Iterable[str], holders: Iterable[Holder]) -> dict[str, list[str]]:

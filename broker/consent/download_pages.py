@@ -18,12 +18,15 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from sqlalchemy.orm import Session
 
+from broker.audit.history import format_when
+from broker.catalog.models import Holder
 from broker.consent.download import (
     DOWNLOAD_TOKEN_LIFETIME,
     Handover,
     downloadable,
     issue_downloads,
     parse_choice,
+    recent_downloads,
 )
 from broker.consent.pages import checked_form, page_action
 from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, render_page
@@ -42,7 +45,23 @@ async def download_page(request: Request[Any, Any, Any], state: State) -> Respon
     lang = page_language(request)
 
     def work(session: Session, patient: Patient) -> dict[str, Any]:
+        now = utcnow()
+        past = []
+        for consent in recent_downloads(session, patient.id):
+            holder = session.get(Holder, consent.holder_id)
+            status = consent.status if consent.status == "used" or consent.expires_at > now else "expired"
+            past.append(
+                {
+                    "holder": holder.legal_name if holder is not None else consent.holder_id,
+                    "categories": ", ".join(
+                        _category_label(state, session, c, lang) for c in consent.categories
+                    ),
+                    "when": format_when(consent.granted_at, lang, now),
+                    "status": status,
+                }
+            )
         return {
+            "past": past,
             "patient": patient,
             "sources": [
                 {

@@ -122,6 +122,9 @@ def test_a_download_is_a_one_time_consent_that_its_receipt_ends(client: Any, wor
     assert event.details is not None
     assert event.details["app"] == DOWNLOAD_CLIENT_ID and event.details["record_count"] == 9
     assert event.details["flagged"] is False
+    listed = client.get("/my/download").text
+    assert "Mes derniers téléchargements" in listed
+    assert "téléchargé." in listed and "prêt, pas encore utilisé." in listed  # the insurer's is unused
     history = client.get("/my/history").text
     assert re.search(r"Vous avez téléchargé 9 éléments \([^)]*\) chez labo-test", history), history
 
