@@ -26,6 +26,7 @@ from broker.catalog.enforcement import CharterInForce
 from broker.catalog.routes import admin_router, registry_router
 from broker.charter import load_charter
 from broker.consent.catalog_pages import catalog_pages
+from broker.consent.download_pages import download_pages
 from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
 from broker.consent.patients.rendering import render_page
@@ -244,6 +245,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *oauth_routes,
             consent_pages,
             catalog_pages,
+            download_pages,
             audit_pages,
             *patient_api,
             *patient_audit_api,

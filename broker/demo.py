@@ -128,6 +128,7 @@ class DemoHolder:
             "categories": list(self.categories),
             "release_step_categories": [],
             "link_endpoint": f"{self.origin}/link",
+            "download_endpoint": f"{self.origin}/download",
         }
         if jwks is not None:
             body["jwks"] = jwks
@@ -179,6 +180,8 @@ def _seed_holder(session: Session, settings: Settings, holder: DemoHolder, chart
         existing.jwks_uri = None
     if existing.link_endpoint is None:
         existing.link_endpoint = f"{holder.origin}/link"
+    if existing.download_endpoint is None:
+        existing.download_endpoint = f"{holder.origin}/download"
 
 
 def seed_demo(session: Session, settings: Settings) -> None:

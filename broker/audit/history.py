@@ -32,6 +32,7 @@ from broker.audit.tags import EventTag
 from broker.audit.timeline import _decode_cursor, _encode_cursor, _filter
 from broker.catalog.models import App, Holder
 from broker.charter import Charter
+from broker.consent.download import DOWNLOAD_CLIENT_ID
 from broker.db import utcnow
 
 __all__ = ["PAGE_SIZE", "TIMEZONE", "Entry", "When", "format_when", "history_context"]
@@ -53,6 +54,7 @@ KINDS = {
     EventTag.TOKEN_REFRESHED: "access_renewed",
     EventTag.TOKEN_REVOKED: "access_ended",
     EventTag.DATA_RELEASED: "released",
+    EventTag.DOWNLOAD_GRANTED: "download_prepared",
 }
 _GRANTS = (EventTag.CONSENT_GRANTED.value, EventTag.CONSENT_CHANGED.value)
 
@@ -214,6 +216,8 @@ class _Teller:
             entry.flagged = bool(details.get("flagged"))
             entry.outside = self.categories(details.get("outside_consent"))
             entry.after_end = bool(details.get("after_consent_ended"))
+            if details.get("app") == DOWNLOAD_CLIENT_ID:
+                entry.kind = "downloaded"  # the patient's own download (issue 10)
         return entry
 
 

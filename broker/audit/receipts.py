@@ -33,6 +33,8 @@ from broker.audit.log import append_event
 from broker.audit.models import AccessReceipt
 from broker.audit.tags import EventTag
 from broker.catalog.models import Holder
+from broker.consent.download import DOWNLOAD_CLIENT_ID, DownloadConsent, end_download
+from broker.consent.download import granted_at as download_granted_at
 from broker.consent.models import ConsentRecord
 from broker.consent.proofs import JoseError, MalformedToken, b64url_decode, verify_jwt
 from broker.consent.proofs.jose import BadSignature, WrongType
@@ -197,17 +199,28 @@ def record_receipt(session: Session, *, token: str, issuer: str, now: datetime) 
     if released_at > now + LEEWAY:
         raise ReceiptInvalid("released_at is in the future")
 
-    consent = session.get(ConsentRecord, consent_id)
-    granted = _granted_at(consent, holder.identifier) if consent is not None else None
+    consent: ConsentRecord | DownloadConsent | None
+    if client_id == DOWNLOAD_CLIENT_ID:  # the patient's own download (issue 10)
+        consent = session.get(DownloadConsent, consent_id, with_for_update=True)
+        granted = download_granted_at(consent, holder.identifier) if consent is not None else None
+    else:
+        consent = session.get(ConsentRecord, consent_id)
+        granted = _granted_at(consent, holder.identifier) if consent is not None else None
     if consent is None or granted is None:
         # One answer for both: a holder learns nothing about consents that are not its own.
         raise ReceiptNotCovered("no consent with this id grants anything at this holder")
-    if client_id != consent.client_id:
+    if isinstance(consent, ConsentRecord) and client_id != consent.client_id:
         raise ReceiptNotCovered("client_id is not the app this consent was given to")
 
     outside = sorted(set(categories) - granted)
-    ended = consent.revoked_at if consent.revoked_at is not None else consent.expires_at
-    after_end = released_at > ended
+    if isinstance(consent, DownloadConsent):
+        # A download ends with its first use; the receipt of a second one is evidence too.
+        ended = consent.used_at if consent.used_at is not None else consent.expires_at
+        after_end = released_at > ended
+        end_download(session, consent, now)
+    else:
+        ended = consent.revoked_at if consent.revoked_at is not None else consent.expires_at
+        after_end = released_at > ended
     flagged = bool(outside) or after_end
     if not _insert_once(
         session,
@@ -228,7 +241,7 @@ def record_receipt(session: Session, *, token: str, issuer: str, now: datetime) 
         actor=f"holder:{holder.identifier}",
         details={
             "holder": holder.identifier,
-            "app": consent.client_id,
+            "app": client_id,
             "categories": sorted(set(categories)),
             "record_count": record_count,
             "released_at": released_ts,

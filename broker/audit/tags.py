@@ -32,6 +32,7 @@ class EventTag(StrEnum):
     CONSENT_EXPIRED = "patient:consent:expired"
     DELEGATION_GIVEN = "patient:delegation:given"
     DELEGATION_WITHDRAWN = "patient:delegation:withdrawn"
+    DOWNLOAD_GRANTED = "patient:download:granted"  # a one-time download of one's own data
     # Tokens, written by the token endpoint.
     TOKEN_ISSUED = "broker:token:issued"  # noqa: S105 (a tag, not a secret)
     TOKEN_REFRESHED = "broker:token:refreshed"  # noqa: S105 (a tag, not a secret)

@@ -26,6 +26,9 @@ class Holder(Base):
     # Where the broker sends a patient to authenticate at the holder and come back linked
     # (DESIGN step 4); holders without one are linked by operator import only.
     link_endpoint: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # Where the patient's browser posts a one-time download token to receive their own data
+    # from the holder directly (issue 10); holders without one offer no download.
+    download_endpoint: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # pending → approved (by an operator) ↔ suspended
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

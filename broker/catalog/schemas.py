@@ -374,6 +374,7 @@ class HolderDeclaration:
     jwks: dict[str, Any] | None
     jwks_uri: str | None
     link_endpoint: str | None = None
+    download_endpoint: str | None = None
 
 
 def validate_holder(body: Any, charter: Charter, *, dev_mode: bool) -> HolderDeclaration:
@@ -401,13 +402,17 @@ def validate_holder(body: Any, charter: Charter, *, dev_mode: bool) -> HolderDec
     jwks_uri = c.web_uri(document["jwks_uri"], "jwks_uri", dev_mode) if "jwks_uri" in document else None
     if (jwks is None) == (jwks_uri is None):
         raise c.fail("jwks", "give exactly one of jwks or jwks_uri (keys that sign access receipts)")
-    link_endpoint = None
-    if "link_endpoint" in document:
-        link_endpoint = c.web_uri(document["link_endpoint"], "link_endpoint", dev_mode)
-        if "#" in link_endpoint:
-            raise c.fail("link_endpoint", "must have no fragment")
+    endpoints: dict[str, str | None] = {"link_endpoint": None, "download_endpoint": None}
+    for name in endpoints:
+        if name in document:
+            endpoints[name] = c.web_uri(document[name], name, dev_mode)
+            if "#" in (endpoints[name] or ""):
+                raise c.fail(name, "must have no fragment")
+    if endpoints["download_endpoint"] is not None and "?" in endpoints["download_endpoint"]:
+        raise c.fail("download_endpoint", "must have no query (the token goes in the body)")
     return HolderDeclaration(
-        link_endpoint=link_endpoint,
+        link_endpoint=endpoints["link_endpoint"],
+        download_endpoint=endpoints["download_endpoint"],
         identifier=identifier,
         legal_name=legal_name,
         base_url=base_url.rstrip("/"),

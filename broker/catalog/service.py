@@ -312,6 +312,7 @@ def add_holder(session: Session, *, body: Any, charter: Charter, dev_mode: bool,
         jwks=decl.jwks,
         jwks_uri=decl.jwks_uri,
         link_endpoint=decl.link_endpoint,
+        download_endpoint=decl.download_endpoint,
         status="pending",
         created_at=now,
         category_rows=[HolderCategory(category=c) for c in decl.categories],
@@ -362,6 +363,7 @@ def holder_json(holder: Holder, *, private: bool = False) -> dict[str, Any]:
         "categories": holder.categories,
         "release_step_categories": holder.release_step_categories,
         "link_endpoint": holder.link_endpoint,
+        "download_endpoint": holder.download_endpoint,
     }
     if private:
         body.update(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker_sdk import BrokerAuthMiddleware, HolderVerifier, ReceiptSender, VerifiedToken
+from broker_sdk.download import DownloadEndpoint, DownloadRequest, DownloadVerifier
 from broker_sdk.link import LinkRequestError, link_response, parse_link_request
 from jwcrypto import jwk
 from litestar import Litestar, Request, Response, get, post
@@ -58,6 +59,10 @@ class HolderConfig:
     def link_endpoint(self) -> str:
         return f"{self.origin}/link"
 
+    @property
+    def download_endpoint(self) -> str:
+        return f"{self.origin}/download"
+
     def registration(self, key: jwk.JWK) -> dict[str, Any]:
         """The holder's registration document for the broker's operator (public key only)."""
         return {
@@ -68,6 +73,7 @@ class HolderConfig:
             "release_step_categories": [],
             "jwks": public_jwks(key),
             "link_endpoint": self.link_endpoint,
+            "download_endpoint": self.download_endpoint,
         }
 
 
@@ -186,6 +192,7 @@ def holder_app(
     routes: Sequence[Any],
     categories_by_path: dict[str, set[str]],
     welcome: str,
+    download: Callable[[str, frozenset[str]], list[dict[str, Any]]],
 ) -> Any:
     """The holder's ASGI app: its Litestar routes behind the SDK's token middleware."""
     key = load_or_create_key(config.state_dir)
@@ -316,9 +323,30 @@ def holder_app(
         realm=config.identifier,
     )
 
+    handles = app.state.handles
+
+    def serve_download(request: DownloadRequest) -> list[dict[str, Any]]:
+        record_id = handles.record(request.token.issuer, request.token.link_handle or "")
+        if record_id is None:
+            raise LookupError("no record for this link")
+        return download(record_id, request.categories)
+
+    # The patient's own download (issue 10): one-time download tokens only, never at /fhir.
+    download_endpoint = DownloadEndpoint(
+        DownloadVerifier(config.broker, config.base_url, holder_id=config.identifier, http=verifier.http),
+        serve_download,
+        base_url=config.base_url,
+        holder_name=config.legal_name,
+        allowed_origins=[config.broker],  # the broker's page may fetch the file (CORS)
+        receipts=receipts,
+        filename=config.identifier,
+    )
+
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/fhir/"):
             await protected(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/download":
+            await download_endpoint(scope, receive, send)
         else:
             await app(scope, receive, send)
 

@@ -25,6 +25,11 @@ async def explanation_of_benefit(request: Request[Any, Any, Any]) -> Response[di
     return fhir(bundle)
 
 
+def download(record_id: str, categories: frozenset[str]) -> list[dict[str, Any]]:
+    """The member's own copy: ExplanationOfBenefit for ``reimbursements``."""
+    return list(data.claims(record_id)) if "reimbursements" in categories else []
+
+
 def build(config: HolderConfig) -> Any:
     data.claims(data.MEMBERS[0].record_id)  # generate and validate before serving
     return holder_app(
@@ -34,4 +39,5 @@ def build(config: HolderConfig) -> Any:
         routes=[explanation_of_benefit],
         categories_by_path={"/fhir/ExplanationOfBenefit": {"reimbursements"}},
         welcome="Vos remboursements de soins, au format FHIR ExplanationOfBenefit.",
+        download=download,
     )

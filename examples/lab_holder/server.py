@@ -65,6 +65,16 @@ async def capability() -> Response[dict[str, Any]]:
     )
 
 
+def download(record_id: str, categories: frozenset[str]) -> list[dict[str, Any]]:
+    """The patient's own copy: Observations for ``lab_results``, Patient for ``identity``."""
+    found: list[dict[str, Any]] = []
+    if "lab_results" in categories:
+        found += data.search(record_id)
+    if "identity" in categories:
+        found += [data.patient_resource(p) for p in data.PATIENTS if p.record_id == record_id]
+    return found
+
+
 def build(config: HolderConfig) -> Any:
     data.observations(data.PATIENTS[0].record_id)  # generate and validate before serving
     return holder_app(
@@ -74,4 +84,5 @@ def build(config: HolderConfig) -> Any:
         routes=[observations, patient, capability],
         categories_by_path={"/fhir/Observation": {"lab_results"}, "/fhir/Patient": {"identity"}},
         welcome="Résultats d'analyses de biologie médicale (glycémie, HbA1c, cholestérol).",
+        download=download,
     )

@@ -27,6 +27,7 @@ from broker_sdk.audit import (
     verify_export,
     verify_inclusion,
 )
+from broker_sdk.download import DownloadEndpoint, DownloadVerifier, handle_download
 from broker_sdk.dpop import DPoPKey, MemoryReplayCache, ReplayCache
 from broker_sdk.errors import (
     AppSuspended,
@@ -73,6 +74,8 @@ __all__ = [
     "DPoPKey",
     "DPoPProofInvalid",
     "DeliveryReport",
+    "DownloadEndpoint",
+    "DownloadVerifier",
     "EntryResult",
     "ExportProblem",
     "ExportReport",
@@ -96,6 +99,7 @@ __all__ = [
     "VerificationError",
     "VerifiedToken",
     "__version__",
+    "handle_download",
     "link_response",
     "link_token",
     "load_manifest",

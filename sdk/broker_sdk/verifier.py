@@ -51,6 +51,9 @@ from broker_sdk.events import RevocationListener
 __all__ = ["AUTH_SCHEMES", "HolderVerifier", "VerifiedToken", "verify_token"]
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 (a media type, not a secret)
+# The broker's own client for a patient's download of their data (issue 10); its tokens are
+# typed "download+jwt" and accepted only by a holder's download endpoint (broker_sdk.download).
+DOWNLOAD_CLIENT_ID = "broker-download"
 MAX_TOKEN_LENGTH = 8 * 1024  # J13
 MAX_LEEWAY = 60.0  # J11, FAPI2
 AUTH_SCHEMES = ("Bearer", "DPoP")
@@ -211,6 +214,7 @@ class HolderVerifier:
         http: httpx.Client | None = None,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        token_type: str = ACCESS_TOKEN_TYP,
     ) -> None:
         names = [issuers] if isinstance(issuers, str) else list(issuers)
         if not names or not all(isinstance(i, str) and i for i in names):
@@ -222,6 +226,7 @@ class HolderVerifier:
         if status_max_age < 0:
             raise ValueError("status_max_age must not be negative")
         self.audience = audience
+        self.token_type = token_type  # the JWS typ accepted: access tokens unless told
         self.holder_id = holder_id
         self.holder_key = holder_key
         self.leeway = float(leeway)
@@ -384,7 +389,7 @@ class HolderVerifier:
         known = self._headers.get(header_b64)
         if known is None:
             header = _jose.json_object(_jose.b64url_decode(header_b64, "header"), "header")
-            alg = _jose.check_header(header, algorithms=self.algorithms, typ=ACCESS_TOKEN_TYP)
+            alg = _jose.check_header(header, algorithms=self.algorithms, typ=self.token_type)
             known = (alg, header["kid"])
             if len(self._headers) < 64:
                 self._headers[header_b64] = known
@@ -441,6 +446,9 @@ class HolderVerifier:
             value = claims[name]
             if type(value) is not str or not value:
                 raise TokenInvalid(f"claim {name!r} is not a non-empty string", reason="claims")
+        if claims["client_id"] == DOWNLOAD_CLIENT_ID and self.token_type == ACCESS_TOKEN_TYP:
+            # Belt and braces beside typ: a download token is no access token for any API.
+            raise TokenInvalid("a download token is accepted at the download endpoint only", reason="client")
         consent_id = claims["consent_id"]
         handle = claims.get("link_handle")
         if handle is not None and not isinstance(handle, str):

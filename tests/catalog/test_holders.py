@@ -31,7 +31,9 @@ def test_admin_api_needs_an_operator_token(client: Any) -> None:
 def test_add_then_approve_holder(client: Any, operator_token: str) -> None:
     created = client.post(
         "/admin/holders",
-        json=holder_declaration(release_step_categories=["lab_results"]),
+        json=holder_declaration(
+            release_step_categories=["lab_results"], download_endpoint="https://labo-test.example/download"
+        ),
         headers=_auth(operator_token),
     )
     assert created.status_code == 201, created.text
@@ -45,6 +47,7 @@ def test_add_then_approve_holder(client: Any, operator_token: str) -> None:
     public = client.get("/api/catalog/holders").json()
     assert [h["identifier"] for h in public] == ["labo-test"]
     assert public[0]["release_step_categories"] == ["lab_results"]
+    assert public[0]["download_endpoint"] == "https://labo-test.example/download"
     assert "jwks" not in public[0]
     listed = client.get("/admin/holders", params={"status": "approved"}, headers=_auth(operator_token)).json()
     assert [h["identifier"] for h in listed] == ["labo-test"]
@@ -62,6 +65,9 @@ def test_add_then_approve_holder(client: Any, operator_token: str) -> None:
         ({"categories": []}, "categories"),
         ({"categories": ["lab_results", "tarot"]}, "categories[1]"),
         ({"release_step_categories": ["imaging"]}, "release_step_categories[0]"),
+        ({"download_endpoint": "http://labo.example/download"}, "download_endpoint"),
+        ({"download_endpoint": "https://labo.example/download?token=x"}, "download_endpoint"),
+        ({"download_endpoint": "https://labo.example/download#top"}, "download_endpoint"),
         ({"jwks": {"keys": []}}, "jwks.keys"),
         (
             {"jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad", "kid": "k"}]}},
