@@ -303,8 +303,11 @@ async def consent_decision(
             raise InvalidRequest("the form names data that this request did not ask for")
         # Required lines are part of the request itself; optional ones only when ticked.
         selected = [c for c in choices.values() if not c.optional or c.value in picked]
+        # The sources the screen offered (for every line asked, ticked or not): unticking the
+        # only category a source serves leaves that source ticked but with nothing to give.
         holders = {
-            h.identifier: h for h in _holders(session, patient, pending, {c.category for c in selected})
+            h.identifier: h
+            for h in _holders(session, patient, pending, {c.category for c in choices.values()})
         }
         picked_holders = set(form.getall("holder", []))
         if not picked_holders or not picked_holders <= set(holders):
