@@ -132,8 +132,18 @@ def link_sources(page: Any, stack: Stack) -> None:
         page.locator("#username").fill(username)
         page.locator("#password").fill(password)
         page.locator("form[action='/link'] button").click()
-        page.wait_for_url(f"{stack.issuer}/my/sources")
+        arrive(page, f"{stack.issuer}/my/sources")
         assert page.locator(f"form[action='/my/sources/{holder}/unlink']").count() == 1
+
+
+def delete_account(page: Any, stack: Stack, language: str) -> None:
+    """Which also frees the demo records at the holders for the next test's account."""
+    page.goto(f"{stack.issuer}/account/delete")
+    page.get_by_label(re.compile(TEXTS[language]["understood"])).check()
+    page.locator("#password").fill(PASSWORD)
+    page.locator("form[action='/account/delete'] button").click()
+    arrive(page, f"{stack.issuer}/account/deleted")
+    assert TEXTS[language]["deleted"] in page.locator("main").inner_text()
 
 
 def arrive(page: Any, url: Any) -> None:
@@ -257,11 +267,7 @@ def test_the_patient_journey(stack: Stack, axe: str, new_page: Any, language: st
     # -- delete the account ---------------------------------------------------------------------
     page.goto(f"{stack.issuer}/account/delete")
     check(page, axe, language, f"account-delete-{language}")
-    page.get_by_label(re.compile(words["understood"])).check()
-    page.locator("#password").fill(PASSWORD)
-    page.locator("form[action='/account/delete'] button").click()
-    page.wait_for_url(f"{stack.issuer}/account/deleted")
-    assert words["deleted"] in page.locator("main").inner_text()
+    delete_account(page, stack, language)
     check(page, axe, language)
     page.goto(f"{stack.issuer}/my/consents")
     assert "/login" in page.url
@@ -304,6 +310,7 @@ def test_the_consent_path_with_the_keyboard_alone(
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"done=revoked"))
     assert TEXTS[language]["revoked"] in page.locator("main").inner_text()
+    delete_account(page, stack, language)
 
 
 @pytest.mark.parametrize(
