@@ -3,6 +3,7 @@ and the list of consents with one-click revocation. Server-rendered; no JavaScri
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -196,16 +197,18 @@ async def page_action(
     request: Request[Any, Any, Any],
     state: State,
     work: Callable[[Session, Patient], T],
-    respond: Callable[[T], Response[Any]],
+    respond: Callable[[T], Response[Any] | Awaitable[Response[Any]]],
 ) -> Response[Any]:
-    """A patient page: log-in first, errors as a readable page, else ``respond``."""
+    """A patient page: log-in first, errors as a readable page, else ``respond`` (which may
+    itself render a page after the unit of work, e.g. a form shown again with its error)."""
     try:
         result = await as_patient(request, state, work)
     except LoginRequired:
         return login_redirect(request)
     except BrokerError as exc:
         return _page_error(request, exc)
-    return respond(result)
+    answer = respond(result)
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 async def checked_form(request: Request[Any, Any, Any], state: State) -> Any:
@@ -440,15 +443,12 @@ async def change_end_from_page(
             return exc.code  # nothing was changed
         return None
 
-    try:
-        refused = await as_patient(request, state, work)
-    except LoginRequired:
-        return login_redirect(request)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    if refused is not None:
-        return await _my_consents_page(request, state, status_code=400, error=(consent_id, refused))
-    return Redirect("/my/consents?done=end_changed", status_code=303)
+    def respond(refused: str | None) -> Response[Any] | Awaitable[Response[Any]]:
+        if refused is None:
+            return Redirect("/my/consents?done=end_changed", status_code=303)
+        return _my_consents_page(request, state, status_code=400, error=(consent_id, refused))
+
+    return await page_action(request, state, work, respond)
 
 
 def _withdraw(session: Session, patient: Patient, consent_id: str, now: datetime) -> ConsentRecord:
