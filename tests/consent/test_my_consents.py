@@ -319,3 +319,17 @@ def test_every_consent_form_refuses_a_missing_or_wrong_token(
     after = _consent(world, "gaelle")
     assert (after.status, after.expires_at) == (before.status, before.expires_at)
     assert "/my/sources/labo-test/unlink" in client.get("/my/sources").text  # still linked
+
+
+def test_no_access_token_outlives_a_shortened_consent(settings: Settings) -> None:
+    from broker.consent.oauth import ConsentFacts, TokenContext, _token_lifetime
+
+    now = utcnow()
+
+    def lifetime(ends_in: timedelta) -> int:
+        consent = ConsentFacts("cns_x", "p", "c", [], "active", now + ends_in, 1)
+        context = TokenContext(settings=settings, keystore=None, now=now, authenticate=None)  # type: ignore[arg-type]
+        return _token_lifetime(context, consent)
+
+    assert lifetime(timedelta(days=3)) == settings.token_lifetime
+    assert lifetime(timedelta(seconds=42)) == 42
