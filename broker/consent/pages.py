@@ -117,6 +117,7 @@ def _page_error(request: Request[Any, Any, Any], error: BrokerError) -> Response
         status_code=error.status,
         message=error.detail,
         app_status=error.extra.get("app_status"),
+        code=error.extra.get("code"),
     )
 
 
@@ -314,11 +315,11 @@ async def consent_decision(
         }
         picked_holders = set(form.getall("holder", []))
         if not picked_holders or not picked_holders <= set(holders):
-            raise InvalidRequest("choose at least one of your data sources")
+            raise InvalidRequest("choose at least one of your data sources", code="no_source")
         try:
             days = int(form.get("days", ""))
         except ValueError:
-            raise InvalidRequest("choose a duration") from None
+            raise InvalidRequest("choose a duration", code="duration") from None
         consent = grant_consent(
             session,
             patient_id=patient.id,

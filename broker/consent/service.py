@@ -170,10 +170,10 @@ def grant_consent(
     """
     grant_list = [g.to_json() for g in grants if g.categories]
     if not grant_list:
-        raise InvalidRequest("nothing to consent to: no category at any holder")
+        raise InvalidRequest("nothing to consent to: no category at any holder", code="nothing")
     longest = longest_consent_days(app)
     if not 1 <= days <= longest:
-        raise InvalidRequest(f"duration: from 1 to {longest} days")
+        raise InvalidRequest(f"duration: from 1 to {longest} days", code="duration")
     consent = session.scalars(
         select(ConsentRecord)
         .where(ConsentRecord.patient_id == patient_id, ConsentRecord.client_id == app.client_id)
