@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from broker.audit.history import TIMEZONE
 from broker.db import utcnow
 from tests.browser.axe import assert_accessible
 from tests.browser.test_catalog_pages import JARGON, shoot
-from tests.e2e.stack import Database, Stack
+from tests.e2e.stack import Database, Stack, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -342,3 +344,63 @@ def test_a_consent_request_with_a_foreign_return_address_goes_nowhere(stack: Sta
         assert page.url.startswith(stack.issuer), page.url
         assert page.locator("main a[href*='evil']").count() == 0
         assert response.headers["x-frame-options"] == "DENY"
+
+
+def framed_text(page: Any, target: str) -> str:
+    """What a page of another origin shows when it puts ``target`` in an iframe. That page is
+    served by a real server on loopback: Chromium would block a page it sees as public from
+    framing a local one anyway (local network access), which would prove nothing here."""
+    body = f'<!doctype html><title>x</title><iframe src="{target}" width="800" height="600"></iframe>'.encode()
+
+    class Attacker(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Attacker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_timeout(1000)
+        texts = []
+        for frame in page.frames[1:]:
+            try:
+                texts.append(frame.evaluate("() => document.body ? document.body.innerText : ''"))
+            except Exception as exc:  # noqa: BLE001 (a blocked frame may refuse any script)
+                texts.append(f"<{type(exc).__name__}>")
+        return "\n".join(texts)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_consent_and_revoke_pages_cannot_be_framed(stack: Stack, axe: str, new_page: Any) -> None:
+    """Clickjacking: another site cannot show these pages in a frame to steer the patient's
+    clicks (CSP frame-ancestors 'none', X-Frame-Options DENY), checked by Chromium itself."""
+    page = new_page("fr")
+    sign_up_and_log_in(page, stack, axe, "fr", "cadre@parcours.example")
+    link_sources(page, stack)
+    page.goto(f"{stack.url('app')}/")
+    page.locator("form[action='/connect'] button").click()
+    page.wait_for_url(re.compile(r"/consent/"))
+    consent_url = page.url
+    assert "J'accepte" in page.locator("main").inner_text()  # the page itself shows the button
+    attacker = page.context.new_page()
+    # The control: the demo app's own page sets no frame rule, and shows inside the frame.
+    assert "Suivi Glycémie" in framed_text(attacker, f"{stack.url('app')}/")
+    # The broker's pages show nothing there: not the consent, not even the log-in page.
+    assert "Courtier de consentement" not in framed_text(attacker, consent_url)
+    page.get_by_role("button", name="J'accepte", exact=True).click()
+    arrive(page, re.compile(rf"127\.0\.0\.1:{stack.ports['app']}/"))
+    page.goto(f"{stack.issuer}/my/consents")
+    revoke_url = stack.issuer + str(page.locator("a[href$='/revoke']").get_attribute("href"))
+    for target in (revoke_url, f"{stack.issuer}/my/consents"):
+        assert "Courtier de consentement" not in framed_text(attacker, target)
+    delete_account(page, stack, "fr")
