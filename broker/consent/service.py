@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
@@ -298,7 +298,7 @@ def change_consent_end(
     last_day = bound.astimezone(TIMEZONE).date()
     if ends_on > last_day:
         raise ConsentEndRefused(f"the app allows a consent until {last_day.isoformat()} at most", "beyond")
-    new_end = min(datetime.combine(ends_on, time(23, 59, 59), TIMEZONE), bound)
+    new_end = min(datetime.combine(ends_on, time(23, 59, 59), TIMEZONE).astimezone(UTC), bound)
     if new_end == consent.expires_at:
         return consent
     consent.expires_at = new_end
