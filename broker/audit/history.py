@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_time
 from babel.lists import format_list
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from broker.audit.models import AuditEvent
@@ -35,7 +35,7 @@ from broker.charter import Charter
 from broker.consent.download import DOWNLOAD_CLIENT_ID
 from broker.db import utcnow
 
-__all__ = ["PAGE_SIZE", "TIMEZONE", "Entry", "When", "format_when", "history_context"]
+__all__ = ["PAGE_SIZE", "TIMEZONE", "Entry", "When", "format_when", "history_context", "last_releases"]
 
 TIMEZONE = ZoneInfo("Europe/Paris")
 PAGE_SIZE = 30
@@ -401,3 +401,18 @@ def history_context(
         "holders_summary": holders_summary,
         "warnings": warnings,
     }
+
+
+def last_releases(session: Session, patient_id: str) -> dict[str, datetime]:
+    """Per app, the last time a holder reported releasing this patient's data to it."""
+    ev = AuditEvent
+    rows = session.execute(
+        select(ev.app_id, func.max(ev.at))
+        .where(
+            ev.patient_id == patient_id,
+            ev.tag == EventTag.DATA_RELEASED.value,
+            ev.app_id.is_not(None),
+        )
+        .group_by(ev.app_id)
+    ).all()
+    return {app_id: at for app_id, at in rows if app_id is not None}

@@ -438,6 +438,13 @@ def _check_consent_usable(consent: ConsentFacts, app: Client, now: datetime) -> 
         raise InvalidGrant(reason)
 
 
+def _token_lifetime(ctx: TokenContext, consent: ConsentFacts) -> int:
+    """Seconds an access token lives: the setting, cut at the consent's end (which the
+    patient may have moved earlier), so that no token outlives the consent."""
+    left = int(consent.expires_at.timestamp()) - int(ctx.now.timestamp())
+    return max(1, min(ctx.settings.token_lifetime, left))
+
+
 def _access_token(
     ctx: TokenContext, consent: ConsentFacts, app: Client, holder: HolderFacts
 ) -> tuple[str, str]:
@@ -455,7 +462,7 @@ def _access_token(
         "aud": holder.base_url,
         "iat": now,
         "nbf": now,
-        "exp": now + ctx.settings.token_lifetime,
+        "exp": now + _token_lifetime(ctx, consent),
         "jti": jti,
         "client_id": app.client_id,
         "scope": " ".join(categories),
@@ -508,7 +515,7 @@ def _token_response(
     return {
         "access_token": access,
         "token_type": "DPoP" if ctx.dpop_jkt else "Bearer",
-        "expires_in": ctx.settings.token_lifetime,
+        "expires_in": _token_lifetime(ctx, consent),
         "refresh_token": refresh,
         "scope": " ".join(sorted({c for g in consent.grants for c in g["categories"]})),
         "authorization_details": details,

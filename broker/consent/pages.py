@@ -3,21 +3,24 @@ and the list of consents with one-click revocation. Server-rendered; no JavaScri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.audit.history import TIMEZONE, format_when, last_releases
 from broker.catalog.models import App, Holder
 from broker.charter import Charter
 from broker.consent import oauth
+from broker.consent.catalog_pages import link_target
 from broker.consent.links import finish_link, start_link, unlink
 from broker.consent.models import AuthorizationRequest, ConsentRecord
 from broker.consent.patients import (
@@ -31,10 +34,14 @@ from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
 from broker.consent.replay_store import DatabaseReplayCache
 from broker.consent.service import (
-    MAX_CONSENT_DAYS,
+    EXPIRY_REMINDER_DAYS,
+    ConsentEndRefused,
     Grant,
     active_links,
+    change_consent_end,
     grant_consent,
+    latest_end,
+    longest_consent_days,
     patient_consent,
     patient_consents,
     revoke_consent,
@@ -110,6 +117,7 @@ def _page_error(request: Request[Any, Any, Any], error: BrokerError) -> Response
         status_code=error.status,
         message=error.detail,
         app_status=error.extra.get("app_status"),
+        code=error.extra.get("code"),
     )
 
 
@@ -190,16 +198,18 @@ async def page_action(
     request: Request[Any, Any, Any],
     state: State,
     work: Callable[[Session, Patient], T],
-    respond: Callable[[T], Response[Any]],
+    respond: Callable[[T], Response[Any] | Awaitable[Response[Any]]],
 ) -> Response[Any]:
-    """A patient page: log-in first, errors as a readable page, else ``respond``."""
+    """A patient page: log-in first, errors as a readable page, else ``respond`` (which may
+    itself render a page after the unit of work, e.g. a form shown again with its error)."""
     try:
         result = await as_patient(request, state, work)
     except LoginRequired:
         return login_redirect(request)
     except BrokerError as exc:
         return _page_error(request, exc)
-    return respond(result)
+    answer = respond(result)
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 async def checked_form(request: Request[Any, Any, Any], state: State) -> Any:
@@ -235,6 +245,7 @@ async def consent_screen(
         lang = page_language(request)
         choices = _choices(app, charter, pending, lang)
         manifest = app.client_metadata["charter_manifest"]
+        longest = longest_consent_days(app)
         return {
             "app": app,
             "manifest": manifest,
@@ -242,8 +253,9 @@ async def consent_screen(
             "business_model_label": charter.business_models[manifest["business_model"]["model"]].label(lang),
             "choices": choices,
             "holders": _holders(session, patient, pending, {c.category for c in choices}),
-            "durations": DURATIONS,
-            "default_days": MAX_CONSENT_DAYS,
+            # The usual choices, up to what the app allows, and that bound itself.
+            "durations": sorted({d for d in DURATIONS if d < longest} | {longest}),
+            "default_days": longest,
             "patient": patient,
         }
 
@@ -295,16 +307,19 @@ async def consent_decision(
             raise InvalidRequest("the form names data that this request did not ask for")
         # Required lines are part of the request itself; optional ones only when ticked.
         selected = [c for c in choices.values() if not c.optional or c.value in picked]
+        # The sources the screen offered (for every line asked, ticked or not): unticking the
+        # only category a source serves leaves that source ticked but with nothing to give.
         holders = {
-            h.identifier: h for h in _holders(session, patient, pending, {c.category for c in selected})
+            h.identifier: h
+            for h in _holders(session, patient, pending, {c.category for c in choices.values()})
         }
         picked_holders = set(form.getall("holder", []))
         if not picked_holders or not picked_holders <= set(holders):
-            raise InvalidRequest("choose at least one of your data sources")
+            raise InvalidRequest("choose at least one of your data sources", code="no_source")
         try:
             days = int(form.get("days", ""))
         except ValueError:
-            raise InvalidRequest("choose a duration") from None
+            raise InvalidRequest("choose a duration", code="duration") from None
         consent = grant_consent(
             session,
             patient_id=patient.id,
@@ -325,22 +340,116 @@ async def consent_decision(
     return await page_action(request, state, work, lambda location: Redirect(location, status_code=303))
 
 
-@get("/my/consents", include_in_schema=False)
-async def my_consents(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+def _consent_rows(
+    session: Session, patient: Patient, charter: Charter, lang: str, now: datetime
+) -> list[dict[str, Any]]:
+    """Per consent: what the app may read where, since and until when, its last read, and
+    the dates the patient may move the end to."""
+    reads = last_releases(session, patient.id)
+    holder_names = dict(session.execute(select(Holder.identifier, Holder.legal_name)).all())
+    today = now.astimezone(TIMEZONE).date()
+    soon = now + timedelta(days=EXPIRY_REMINDER_DAYS)
+    rows = []
+    for consent, app in patient_consents(session, patient.id):
+        active = consent.status == "active" and consent.expires_at > now
+        last_read = reads.get(app.client_id)
+        latest = latest_end(app, now)
+        rows.append(
+            {
+                "consent": consent,
+                "app": app,
+                "active": active,
+                "ends_soon": active and consent.expires_at <= soon,
+                "grants": [
+                    {
+                        "holder": holder_names.get(g["holder"], g["holder"]),
+                        "categories": [
+                            charter.categories[c].label(lang) if c in charter.categories else c
+                            for c in g["categories"]
+                        ],
+                    }
+                    for g in consent.grants
+                ],
+                "since": format_when(consent.granted_at, lang, now),
+                "until": format_when(consent.expires_at, lang, now),
+                "last_read": format_when(last_read, lang, now) if last_read else None,
+                "end_min": today.isoformat(),
+                "end_max": latest.astimezone(TIMEZONE).date().isoformat(),
+                "end_max_label": format_when(latest, lang, now).date,
+                "end_value": consent.expires_at.astimezone(TIMEZONE).date().isoformat(),
+            }
+        )
+    return rows
+
+
+def _my_consents_page(
+    request: Request[Any, Any, Any],
+    state: State,
+    *,
+    status_code: int = 200,
+    notice: str | None = None,
+    error: tuple[str, str] | None = None,
+) -> Awaitable[Response[Any]]:
     def work(session: Session, patient: Patient) -> dict[str, Any]:
         now = utcnow()
+        charter = state.charters.current(session)
+        rows = _consent_rows(session, patient, charter, page_language(request), now)
         return {
             "patient": patient,
-            "now": now,
-            "consents": [
-                {"consent": c, "app": a, "active": c.status == "active" and c.expires_at > now}
-                for c, a in patient_consents(session, patient.id)
-            ],
+            "consents": rows,
+            "ending_soon": [row for row in rows if row["ends_soon"]],
+            "reminder_days": EXPIRY_REMINDER_DAYS,
+            "notice": notice,
+            "error": error,
         }
 
-    return await page_action(
-        request, state, work, lambda context: render_page(request, "consent/my_consents.html", **context)
+    return page_action(
+        request,
+        state,
+        work,
+        lambda context: render_page(request, "consent/my_consents.html", status_code=status_code, **context),
     )
+
+
+CONSENT_NOTICES = ("end_changed", "revoked")
+
+
+@get("/my/consents", include_in_schema=False)
+async def my_consents(
+    request: Request[Any, Any, Any], state: State, done: FromQuery[str | None] = None
+) -> Response[Any]:
+    return await _my_consents_page(request, state, notice=done if done in CONSENT_NOTICES else None)
+
+
+@post("/my/consents/{consent_id:str}/end", include_in_schema=False)
+async def change_end_from_page(
+    request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
+) -> Response[Any]:
+    """Shorten or extend a consent, within what the app declared (``longest_consent_days``)."""
+    form = await checked_form(request, state)
+    try:
+        ends_on = date.fromisoformat(str(form.get("ends_on", ""))[:10])
+    except ValueError:
+        return await _my_consents_page(request, state, status_code=400, error=(consent_id, "date"))
+
+    def work(session: Session, patient: Patient) -> str | None:
+        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
+        app = session.get(App, consent.client_id)
+        assert app is not None
+        try:
+            change_consent_end(
+                session, consent=consent, app=app, ends_on=ends_on, by=f"patient:{patient.id}", now=utcnow()
+            )
+        except ConsentEndRefused as exc:
+            return exc.code  # nothing was changed
+        return None
+
+    def respond(refused: str | None) -> Response[Any] | Awaitable[Response[Any]]:
+        if refused is None:
+            return Redirect("/my/consents?done=end_changed", status_code=303)
+        return _my_consents_page(request, state, status_code=400, error=(consent_id, refused))
+
+    return await page_action(request, state, work, respond)
 
 
 def _withdraw(session: Session, patient: Patient, consent_id: str, now: datetime) -> ConsentRecord:
@@ -350,13 +459,43 @@ def _withdraw(session: Session, patient: Patient, consent_id: str, now: datetime
     )
 
 
+@get("/my/consents/{consent_id:str}/revoke", include_in_schema=False)
+async def revoke_confirmation(
+    request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
+) -> Response[Any]:
+    """What withdrawing will do, before the patient confirms it (no JavaScript dialog)."""
+
+    def work(session: Session, patient: Patient) -> dict[str, Any]:
+        consent = patient_consent(session, patient_id=patient.id, consent_id=consent_id)
+        app = session.get(App, consent.client_id)
+        assert app is not None
+        holders = {g["holder"] for g in consent.grants}
+        names = session.scalars(select(Holder.legal_name).where(Holder.identifier.in_(holders))).all()
+        rights = app.client_metadata.get("charter_manifest", {}).get("rights", {})
+        return {
+            "patient": patient,
+            "consent": consent,
+            "app": app,
+            "active": consent.status == "active" and consent.expires_at > utcnow(),
+            "holders": sorted(names),
+            "erasure": link_target(rights.get("erasure")),
+        }
+
+    return await page_action(
+        request, state, work, lambda context: render_page(request, "consent/revoke.html", **context)
+    )
+
+
 @post("/my/consents/{consent_id:str}/revoke", include_in_schema=False)
 async def revoke_from_page(
     request: Request[Any, Any, Any], state: State, consent_id: FromPath[str]
 ) -> Response[Any]:
     await checked_form(request, state)
     return await page_action(
-        request, state, lambda s, p: _withdraw(s, p, consent_id, utcnow()), see_other("/my/consents")
+        request,
+        state,
+        lambda s, p: _withdraw(s, p, consent_id, utcnow()),
+        see_other("/my/consents?done=revoked"),
     )
 
 
@@ -501,6 +640,8 @@ consent_pages = Router(
         consent_screen,
         consent_decision,
         my_consents,
+        change_end_from_page,
+        revoke_confirmation,
         revoke_from_page,
         my_sources,
         link_source,

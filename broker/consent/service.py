@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from broker.audit.history import TIMEZONE
 from broker.audit.log import append_event
 from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
@@ -22,6 +23,8 @@ VALID, INVALID, SUSPENDED = 0, 1, 2
 # Entries per status list: 2 bits each, so 32 KiB before compression.
 LIST_SIZE = 1 << 17
 MAX_CONSENT_DAYS = 365
+# "My consents" reminds the patient of a consent that ends within this many days.
+EXPIRY_REMINDER_DAYS = 14
 
 
 # -- links ----------------------------------------------------------------------------------
@@ -167,9 +170,10 @@ def grant_consent(
     """
     grant_list = [g.to_json() for g in grants if g.categories]
     if not grant_list:
-        raise InvalidRequest("nothing to consent to: no category at any holder")
-    if not 1 <= days <= MAX_CONSENT_DAYS:
-        raise InvalidRequest(f"duration: from 1 to {MAX_CONSENT_DAYS} days")
+        raise InvalidRequest("nothing to consent to: no category at any holder", code="nothing")
+    longest = longest_consent_days(app)
+    if not 1 <= days <= longest:
+        raise InvalidRequest(f"duration: from 1 to {longest} days", code="duration")
     consent = session.scalars(
         select(ConsentRecord)
         .where(ConsentRecord.patient_id == patient_id, ConsentRecord.client_id == app.client_id)
@@ -250,6 +254,61 @@ def revoke_consent(
         .values(revoked_at=now)
     )
     _event(session, consent, "revoked", by, now, reason)
+    return consent
+
+
+def longest_consent_days(app: App) -> int:
+    """How long a consent to ``app`` may run from today: the broker's ceiling, and never
+    longer than the app declares it keeps the data (its manifest's ``retention.days``)."""
+    manifest = app.client_metadata.get("charter_manifest") or {}
+    days = (manifest.get("retention") or {}).get("days")
+    if isinstance(days, int) and not isinstance(days, bool) and days >= 1:
+        return min(MAX_CONSENT_DAYS, days)
+    return MAX_CONSENT_DAYS
+
+
+def latest_end(app: App, now: datetime) -> datetime:
+    return now + timedelta(days=longest_consent_days(app))
+
+
+class ConsentEndRefused(InvalidRequest):
+    """A new end date the patient may not choose; ``code`` says why, for the page."""
+
+    def __init__(self, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.code = code  # past | beyond | ended
+
+
+def change_consent_end(
+    session: Session, *, consent: ConsentRecord, app: App, ends_on: date, by: str, now: datetime
+) -> ConsentRecord:
+    """Shorten or extend an active consent: it now ends at the end of ``ends_on`` (the
+    patient's day, in the pages' time zone).
+
+    Allowed from today to ``longest_consent_days`` from now; the last day is cut at exactly
+    that bound. Recorded in the audit log (``patient:consent:changed``, with the new end);
+    the status list reads ``expires_at``, so tokens stop being valid at the new end, and
+    refresh tokens issued earlier are cut to it too.
+    """
+    if consent.status != "active" or consent.expires_at <= now:
+        raise ConsentEndRefused("this consent has ended: give it again from the app", "ended")
+    if ends_on < now.astimezone(TIMEZONE).date():
+        raise ConsentEndRefused("the new end date is in the past", "past")
+    bound = latest_end(app, now)
+    last_day = bound.astimezone(TIMEZONE).date()
+    if ends_on > last_day:
+        raise ConsentEndRefused(f"the app allows a consent until {last_day.isoformat()} at most", "beyond")
+    new_end = min(datetime.combine(ends_on, time(23, 59, 59), TIMEZONE).astimezone(UTC), bound)
+    if new_end == consent.expires_at:
+        return consent
+    consent.expires_at = new_end
+    consent.updated_at = now
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.consent_id == consent.id, RefreshToken.expires_at > new_end)
+        .values(expires_at=new_end)
+    )
+    _event(session, consent, "changed", by, now, "end date changed")
     return consent
 
 

@@ -168,8 +168,15 @@ def test_the_catalog_works_with_the_keyboard_alone(broker: Broker, new_page: Any
 XSS = '<img src=x onerror="window.hacked=1"><script>window.hacked=2</script>'
 
 
-def test_text_from_an_app_manifest_is_shown_as_text(broker: Broker, new_page: Any) -> None:
-    """SECURITY W9: whatever an app writes in its registration is escaped on every page."""
+def shown_as_text(page: Any) -> None:
+    assert page.evaluate("() => window.hacked") is None
+    assert page.locator("main img, main script").count() == 0
+    assert XSS in page.locator("main").inner_text(), page.url
+
+
+def test_text_from_an_app_manifest_is_shown_as_text(broker: Broker, axe: str, new_page: Any) -> None:
+    """SECURITY W9: whatever an app writes in its registration is escaped on every page: the
+    catalog, the consent screen, «Mes accords», the revoke page and the history."""
     body = copy.deepcopy(DEMO_APP)
     body["client_name"] = "Zèbre " + XSS
     body["client_uri"] = "http://127.0.0.1:9/home"
@@ -196,9 +203,29 @@ def test_text_from_an_app_manifest_is_shown_as_text(broker: Broker, new_page: An
     for path in ("/catalog?q=zebre", f"/catalog/{client_id}"):
         response = page.goto(f"{broker.url}{path}")
         assert response is not None and response.status == 200
-        assert page.evaluate("() => window.hacked") is None
-        assert page.locator("main img, main script").count() == 0
-        assert XSS in page.locator("main").inner_text()
+        shown_as_text(page)
+
+    # Gaëlle is asked for her consent by that app, gives it, and looks at her pages.
+    log_in(page, broker, axe, "fr", shots=False)
+    page.route("http://127.0.0.1:9/**", lambda route: route.fulfill(status=200, body="app"))
+    page.goto(
+        f"{broker.url}/authorize?response_type=code&client_id={client_id}"
+        "&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&state=s1"
+        "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    )
+    page.wait_for_url(re.compile("/consent/"))
+    shown_as_text(page)
+    page.get_by_role("button", name="J'accepte", exact=True).click()
+    page.wait_for_url(re.compile(r"127\.0\.0\.1:9/callback\?code="))
+    page.goto(f"{broker.url}/my/consents")
+    shown_as_text(page)
+    page.locator("a[href$='/revoke']", has_text="Zèbre").click()
+    page.wait_for_url(re.compile("/revoke$"))
+    shown_as_text(page)
+    page.locator("form[action$='/revoke'] button").click()
+    page.wait_for_url(re.compile("done=revoked"))
+    page.goto(f"{broker.url}/my/history")
+    shown_as_text(page)
     assert not dialogs
 
 

@@ -656,6 +656,7 @@ def test_a_consent_form_without_item_or_holder_fields_is_answered(
         assert "code" in query_of(response.headers["location"])
     else:  # "choose at least one of your data sources", and nothing issued
         assert_error_page(response)
+        assert "Vous n'avez coché aucune source de données." in response.text  # in the patient's words
         assert counts(env.db)["AuthorizationCode"] == 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,10 @@ def connect_app(browser: Browser, stack: Stack) -> str:
 
 
 def revoke(browser: Browser, stack: Stack) -> float:
-    browser.get(f"{stack.issuer}/my/consents")
+    listing = browser.get(f"{stack.issuer}/my/consents")
+    confirm = re.search(r'href="(/my/consents/[^"/]+/revoke)"', listing.text)
+    assert confirm, listing.text[:2000]
+    browser.get(f"{stack.issuer}{confirm.group(1)}")  # the page that says what will happen
     page = browser.submit("/revoke")
     assert page.status_code == 200, page.text[:2000]
     return time.monotonic()

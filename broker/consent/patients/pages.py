@@ -23,7 +23,7 @@ from broker.consent.patients.csrf import FIELD as CSRF_FIELD
 from broker.consent.patients.csrf import check_csrf
 from broker.consent.patients.errors import TooManyAttempts
 from broker.consent.patients.models import Patient
-from broker.consent.patients.passwords import MAX_INPUT_BYTES, HashingBusy, PasswordHashing
+from broker.consent.patients.passwords import HashingBusy, PasswordHashing
 from broker.consent.patients.rendering import page_language, render_page, safe_next
 from broker.consent.patients.sessions import login_redirect, patient_from_request, session_id_hash
 from broker.db import utcnow
@@ -204,12 +204,31 @@ def account_form(
     )
 
 
-async def password_matches(state: State, stored: str, given: str) -> bool:
-    if len(given.encode("utf-8")) > MAX_INPUT_BYTES:
-        return False  # never hashed: bounds the cost of one request
-    hashing: PasswordHashing = state.password_hashing
-    matches, _ = await hashing.verify(stored, given)
-    return matches
+async def password_problem_code(
+    request: Request[Any, Any, Any], state: State, patient: Patient, given: str
+) -> tuple[str | None, dict[str, Any]]:
+    """``(None, {})`` when ``given`` is the patient's password; else an error code for the
+    field ("password_wrong" or "throttled") and what the page says with it."""
+    check = await service.check_current_password(
+        state.session_factory,
+        state.password_hashing,
+        state.settings,
+        patient=patient,
+        password=given,
+        address=client_address(request),
+        now=utcnow(),
+    )
+    if check.retry_after is not None:
+        # ``headers`` goes to ``render_page``, ``wait_minutes`` to the template.
+        return "throttled", {
+            "wait_minutes": minutes(check.retry_after),
+            "headers": {"Retry-After": str(check.retry_after)},
+        }
+    return (None, {}) if check.matches else ("password_wrong", {})
+
+
+def throttled_status(code: str | None) -> int:
+    return 429 if code == "throttled" else 400
 
 
 @get("/account", include_in_schema=False)
@@ -233,8 +252,11 @@ async def change_password(request: Request[Any, Any, Any], state: State) -> Resp
     if patient.password_hash is None:  # known only through an external identity provider
         return account_form(request, patient, status_code=400, errors={"current_password": "no_password"})
     problem = account.new_password_problem(patient, fields["new_password"])
-    if not await password_matches(state, patient.password_hash, fields["current_password"]):
-        return account_form(request, patient, status_code=400, errors={"current_password": "password_wrong"})
+    wrong, extra = await password_problem_code(request, state, patient, fields["current_password"])
+    if wrong:
+        return account_form(
+            request, patient, status_code=throttled_status(wrong), errors={"current_password": wrong}, **extra
+        )
     if problem:
         return account_form(request, patient, status_code=400, errors={"new_password": problem})
     password_hash = await state.password_hashing.hash(fields["new_password"])
@@ -322,15 +344,21 @@ async def delete_submit(request: Request[Any, Any, Any], state: State) -> Respon
     if patient is None:
         return login_redirect(request)
     errors: dict[str, str] = {}
+    extra: dict[str, Any] = {}
     if fields["understood"] != "yes":
         errors["understood"] = "not_confirmed"
-    if patient.password_hash is not None and not await password_matches(
-        state, patient.password_hash, fields["password"]
-    ):
-        errors["password"] = "password_wrong"  # noqa: S105 (an error code)
+    if patient.password_hash is not None:
+        wrong, extra = await password_problem_code(request, state, patient, fields["password"])
+        if wrong:
+            errors["password"] = wrong
     if errors:
         return render_page(
-            request, "patients/account_delete.html", status_code=400, patient=patient, errors=errors
+            request,
+            "patients/account_delete.html",
+            status_code=throttled_status(errors.get("password")),
+            patient=patient,
+            errors=errors,
+            **extra,
         )
     patient_id = patient.id
     await in_transaction(

@@ -141,6 +141,47 @@ async def log_in(
     return LoginResult(session_id=session_id) if session_id else LoginResult(failed=True)
 
 
+@dataclass(frozen=True)
+class PasswordCheck:
+    """The answer of ``check_current_password``: right, wrong, or not tried (``retry_after``)."""
+
+    matches: bool = False
+    retry_after: int | None = None  # seconds
+
+
+async def check_current_password(
+    factory: sessionmaker[Session],
+    hashing: PasswordHashing,
+    settings: Settings,
+    *,
+    patient: Patient,
+    password: str,
+    address: str,
+    now: datetime,
+) -> PasswordCheck:
+    """The password a logged-in patient types to confirm an account action, throttled like
+    the log-in and on the same counters: a stolen session cannot be used to guess the password
+    faster than the log-in page allows (SECURITY W7)."""
+    keys = throttle.throttle_keys(settings.secret_key, patient.email_key or patient.id, address)
+    policies = keys.policies()
+    wait = await in_transaction(factory, lambda session: throttle.retry_after(session, list(policies), now))
+    if wait is not None:
+        return PasswordCheck(retry_after=wait)
+    if patient.password_hash is None or len(password.encode("utf-8")) > MAX_INPUT_BYTES:
+        matches = False  # never hashed: bounds the cost of one request
+    else:
+        matches, _ = await hashing.verify(patient.password_hash, password)
+
+    def conclude(session: Session) -> None:
+        if matches:
+            throttle.clear(session, keys.account)
+        else:
+            throttle.record_failure(session, policies, now)
+
+    await in_transaction(factory, conclude)
+    return PasswordCheck(matches=matches)
+
+
 def log_out(session: Session, session_id: str | None, settings: Settings, now: datetime) -> None:
     sessions.end_session(session, session_id, settings, now)
 

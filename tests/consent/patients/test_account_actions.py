@@ -318,3 +318,46 @@ def test_deleting_the_account_revokes_erases_and_removes(
         return [(e["id"], e["leaf_index"], e["tag"], e["details"], e["commitment"]) for e in entries]
 
     assert facts(theirs_after) == facts(theirs_before)
+
+
+# -- wrong passwords on the account forms are throttled like the log-in (SECURITY W7) ---------
+
+
+@pytest.mark.parametrize("path", ["/account/password", "/account/delete"])
+def test_wrong_passwords_on_account_forms_are_throttled(client: Any, world: World, path: str) -> None:
+    patient_id = _signed_up(client, world, "camille")
+    _logged_in(client, "camille")
+    before = _hash(world.factory, patient_id)
+    field = "current_password" if path == "/account/password" else "password"
+
+    def attempt(password: str) -> Any:
+        return _post(client, path, **{field: password, "new_password": NEW_PASSWORD, "understood": "yes"})
+
+    for _ in range(5):  # the log-in's free failures
+        wrong = attempt("not my password at all, sorry")
+        assert wrong.status_code == 400 and "Ce n'est pas votre mot de passe actuel." in wrong.text
+    blocked = attempt(PASSWORD)  # even the right one waits now
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) > 0
+    assert "Trop d'essais de mot de passe" in blocked.text and "réessayez dans 1 minute" in blocked.text
+    assert _hash(world.factory, patient_id) == before
+    with world.factory() as session:
+        assert session.get(Patient, patient_id) is not None  # not deleted
+    client.cookies.set("broker_lang", "en")
+    assert "Too many password attempts" in attempt(PASSWORD).text
+    # The same counter as the log-in page: guessing here does not buy more guesses there.
+    client.cookies.clear()
+    assert log_in(client, email="camille@example.org").status_code == 429
+
+
+def test_a_right_password_clears_the_account_forms_count(client: Any, world: World) -> None:
+    patient_id = _signed_up(client, world, "camille")
+    _logged_in(client, "camille")
+    before = _hash(world.factory, patient_id)
+    for _ in range(4):
+        assert _post(client, "/account/delete", password="wrong password here").status_code == 400
+    answer = _post(client, "/account/password", current_password=PASSWORD, new_password=NEW_PASSWORD)
+    assert answer.status_code == 303
+    assert _hash(world.factory, patient_id) != before
+    for _ in range(4):  # counted from zero again
+        assert _post(client, "/account/delete", password="wrong password here").status_code == 400
