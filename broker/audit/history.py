@@ -19,7 +19,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_time
 from babel.lists import format_list
@@ -34,10 +33,10 @@ from broker.catalog.models import App, Holder
 from broker.charter import Charter
 from broker.consent.download import DOWNLOAD_CLIENT_ID
 from broker.db import utcnow
+from broker.web.i18n import TIMEZONE
 
 __all__ = ["PAGE_SIZE", "TIMEZONE", "Entry", "When", "format_when", "history_context", "last_releases"]
 
-TIMEZONE = ZoneInfo("Europe/Paris")
 PAGE_SIZE = 30
 
 # The sentence the template writes for each tag.

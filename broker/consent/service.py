@@ -11,12 +11,12 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker.audit.history import TIMEZONE
 from broker.audit.log import append_event
 from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
 from broker.consent.models import ConsentEvent, ConsentRecord, HolderLink, RefreshToken, StatusEntry
 from broker.errors import InvalidRequest, NotFound
+from broker.web.i18n import TIMEZONE
 
 # Token Status List values (IETF OAuth Token Status List, §7.1).
 VALID, INVALID, SUSPENDED = 0, 1, 2

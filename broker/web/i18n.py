@@ -16,6 +16,7 @@ from __future__ import annotations
 import gettext
 from io import BytesIO
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from babel import negotiate_locale
 from babel.messages.mofile import write_mo
@@ -32,6 +33,8 @@ DEFAULT_LANGUAGE = "fr"
 LANGUAGES = ("fr", "en")
 LANGUAGE_NAMES = {"fr": "Français", "en": "English"}
 LANGUAGE_COOKIE = "broker_lang"
+# Dates shown to patients (and the calendar days they choose) are in this time zone.
+TIMEZONE = ZoneInfo("Europe/Paris")
 
 
 def load_translations(language: str) -> gettext.NullTranslations:
