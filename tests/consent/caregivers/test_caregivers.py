@@ -207,7 +207,9 @@ def test_forms_refuse_a_missing_csrf_token(client: Any, world: World, path: str)
     world.patient("alice")
     world.log_in(client, "alice")
     answer = client.post(
-        path, data={"email": "bruno@example.org", "rights": "view", "ends_on": _day(3)}, follow_redirects=False
+        path,
+        data={"email": "bruno@example.org", "rights": "view", "ends_on": _day(3)},
+        follow_redirects=False,
     )
     assert answer.status_code == 403
     assert "text/html" in answer.headers["content-type"]
@@ -265,11 +267,18 @@ def test_names_are_escaped(client: Any, world: World) -> None:
         assert bruno is not None and alice is not None
         bruno.email_key = "evil@example.org"
         delegation = service.invite(
-            session, patient=alice, email="evil@example.org", rights="view", categories=[], holders=[],
-            ends_on=_day(5), now=utcnow(),
+            session,
+            patient=alice,
+            email="evil@example.org",
+            rights="view",
+            categories=[],
+            holders=[],
+            ends_on=_day(5),
+            now=utcnow(),
         )
-        service.answer_invitation(session, caregiver=bruno, delegation_id=delegation.id, accept=True,
-                                  now=utcnow())
+        service.answer_invitation(
+            session, caregiver=bruno, delegation_id=delegation.id, accept=True, now=utcnow()
+        )
     for page in ("/my/caregivers", "/my/history"):
         html = client.get(page).text
         assert "<script>alert(1)</script>" not in html
@@ -286,8 +295,14 @@ def test_grants_only_within_the_limits(world: World) -> None:
         app = session.get(App, world.client_id)
         assert alice is not None and bruno is not None and app is not None
         delegation = service.invite(
-            session, patient=alice, email="bruno@example.org", rights="grant",
-            categories=["lab_results"], holders=["labo-test"], ends_on=_day(30), now=now,
+            session,
+            patient=alice,
+            email="bruno@example.org",
+            rights="grant",
+            categories=["lab_results"],
+            holders=["labo-test"],
+            ends_on=_day(30),
+            now=now,
         )
         service.answer_invitation(session, caregiver=bruno, delegation_id=delegation.id, accept=True, now=now)
         delegation_id = delegation.id
@@ -300,17 +315,30 @@ def test_grants_only_within_the_limits(world: World) -> None:
             bruno = session.get(Patient, world.patients["bruno"])
             app = session.get(App, world.client_id)
             assert bruno is not None and app is not None
-            service.grant_for(session, caregiver=bruno, delegation_id=delegation_id, app=app, grants=grants,
-                              days=30, charter_version="1.0", now=utcnow())
+            service.grant_for(
+                session,
+                caregiver=bruno,
+                delegation_id=delegation_id,
+                app=app,
+                grants=grants,
+                days=30,
+                charter_version="1.0",
+                now=utcnow(),
+            )
         assert refused.value.reason == "outside_limits"
     with transaction(world.factory) as session:
         bruno = session.get(Patient, world.patients["bruno"])
         app = session.get(App, world.client_id)
         assert bruno is not None and app is not None
         consent = service.grant_for(
-            session, caregiver=bruno, delegation_id=delegation_id, app=app,
+            session,
+            caregiver=bruno,
+            delegation_id=delegation_id,
+            app=app,
             grants=[Grant("labo-test", "chronic_disease_followup", ("lab_results",))],
-            days=30, charter_version="1.0", now=utcnow(),
+            days=30,
+            charter_version="1.0",
+            now=utcnow(),
         )
         assert consent.patient_id == world.patients["alice"]
     (changed,) = _events(world, "alice", EventTag.CONSENT_CHANGED)
