@@ -19,15 +19,24 @@ from litestar.response import Redirect
 from sqlalchemy.orm import Session
 
 from broker.audit.history import TIMEZONE, format_when
-from broker.catalog.models import Holder
+from broker.catalog.models import App, Holder
 from broker.consent.caregivers import service
 from broker.consent.caregivers.models import GRANT, RIGHTS, Delegation
 from broker.consent.caregivers.service import CaregiverRefused, Helped, InvalidInvitation
-from broker.consent.pages import LoginRequired, _page_error, as_patient, checked_form
+from broker.consent.models import ConsentRecord
+from broker.consent.pages import (
+    LoginRequired,
+    _own_request,
+    _page_error,
+    as_patient,
+    checked_form,
+    decide,
+    screen_context,
+)
 from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, login_redirect, render_page
 from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
-from broker.consent.service import active_links, patient_consents
+from broker.consent.service import Grant, active_links, patient_consents
 from broker.db import utcnow
 from broker.errors import BrokerError
 from broker.http import in_transaction
@@ -302,9 +311,85 @@ async def revoke_for(
     )
 
 
+# -- consenting for someone, through an app's consent request ---------------------------------
+#
+# The caregiver opened an app's consent request (``/consent/{request_id}``) and chose to answer
+# it for the person they help. The lines and sources offered are only those the person
+# allowed; a form that names others is refused by ``service.grant_for`` and recorded.
+
+
+@get("/helping/{delegation_id:str}/consent/{request_id:str}", include_in_schema=False)
+async def consent_screen_for(
+    request: Request[Any, Any, Any], state: State, delegation_id: FromPath[str], request_id: FromPath[str]
+) -> Response[Any]:
+    def work(session: Session, caregiver: Patient) -> dict[str, Any]:
+        now = utcnow()
+        helped = service.acting_for(
+            session, caregiver=caregiver, delegation_id=delegation_id, need=GRANT, now=now
+        )
+        pending = _own_request(session, caregiver, request_id, now)
+        context = screen_context(request, state, session, pending, helped.patient)
+        categories, holders = set(helped.delegation.categories or []), set(helped.delegation.holders or [])
+        context.update(
+            patient=caregiver,
+            acting_for=helped.patient,
+            form_action=f"/helping/{delegation_id}/consent/{pending.id}",
+            blocked=[c for c in context["choices"] if not c.optional and c.category not in categories],
+            choices=[c for c in context["choices"] if c.category in categories],
+            holders=[h for h in context["holders"] if h.identifier in holders],
+        )
+        return context
+
+    return await caregiver_action(
+        request, state, work, lambda context: render_page(request, "consent/authorize.html", **context)
+    )
+
+
+@post("/helping/{delegation_id:str}/consent/{request_id:str}", include_in_schema=False)
+async def consent_decision_for(
+    request: Request[Any, Any, Any], state: State, delegation_id: FromPath[str], request_id: FromPath[str]
+) -> Response[Any]:
+    """The caregiver's answer for the person helped; it goes back to the app as theirs would."""
+    form = await checked_form(request, state)
+
+    def work(session: Session, caregiver: Patient) -> str:
+        now = utcnow()
+        helped = service.acting_for(
+            session, caregiver=caregiver, delegation_id=delegation_id, need=GRANT, now=now
+        )
+        pending = _own_request(session, caregiver, request_id, now)
+
+        def record(app: App, grants: list[Grant], days: int, charter_version: str) -> ConsentRecord:
+            return service.grant_for(
+                session,
+                caregiver=caregiver,
+                delegation_id=delegation_id,
+                app=app,
+                grants=grants,
+                days=days,
+                charter_version=charter_version,
+                now=now,
+            )
+
+        return decide(state, session, form, pending, helped.patient, record, now)
+
+    return await caregiver_action(request, state, work, lambda location: Redirect(location, status_code=303))
+
+
 caregiver_pages = Router(
     path="/",
-    route_handlers=[caregivers_page, invite, withdraw, accept, decline, stop, helping_page, revoke_for],
+    route_handlers=[
+        caregivers_page,
+        invite,
+        withdraw,
+        accept,
+        decline,
+        stop,
+        helping_page,
+        revoke_for,
+        consent_screen_for,
+        consent_decision_for,
+    ],
     exception_handlers=PAGE_EXCEPTION_HANDLERS,
     include_in_schema=False,
 )

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from broker.audit.log import append_event, iso
 from broker.audit.tags import EventTag
 from broker.catalog.models import App
-from broker.consent.caregivers.models import GRANT, RIGHTS, Delegation
+from broker.consent.caregivers.models import GRANT, RIGHTS, VIEW, Delegation
 from broker.consent.models import ConsentRecord
 from broker.consent.patients.models import Patient
 from broker.consent.patients.service import fold_email, valid_email
@@ -259,8 +259,8 @@ def invitations_for(session: Session, caregiver: Patient, now: datetime) -> list
     return [Helped(d, p) for d, p in rows]
 
 
-def people_helped(session: Session, caregiver_id: str, now: datetime) -> list[Helped]:
-    """The patients this account helps now, by name."""
+def people_helped(session: Session, caregiver_id: str, now: datetime, need: str = VIEW) -> list[Helped]:
+    """The patients this account helps now, by name; with ``need``, those who allow that."""
     rows = session.execute(
         select(Delegation, Patient)
         .join(Patient, Patient.id == Delegation.patient_id)
@@ -269,7 +269,7 @@ def people_helped(session: Session, caregiver_id: str, now: datetime) -> list[He
         )
         .order_by(Patient.display_name, Delegation.id)
     ).all()
-    return [Helped(d, p) for d, p in rows]
+    return [Helped(d, p) for d, p in rows if d.allows(need)]
 
 
 def answer_invitation(

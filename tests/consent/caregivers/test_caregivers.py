@@ -366,3 +366,126 @@ def test_export_and_deletion_take_the_relations_into_account(client: Any, world:
         delete_account(session, patient_id=world.patients["bruno"], now=utcnow())
     assert _delegations(world) == []
     assert "bruno a arrêté de vous aider" in _text(client.get("/my/history").text)
+
+
+# -- consenting for someone through an app's consent request --------------------------------
+
+REDIRECT = "https://glycemie.example/callback"
+
+
+def _grant_helper(world: World, categories: list[str], holders: list[str]) -> str:
+    """Alice lets Bruno consent for her, within ``categories`` at ``holders``."""
+    world.patient("alice")
+    world.patient("bruno")
+    now = utcnow()
+    with transaction(world.factory) as session:
+        alice = session.get(Patient, world.patients["alice"])
+        bruno = session.get(Patient, world.patients["bruno"])
+        assert alice is not None and bruno is not None
+        delegation = service.invite(
+            session,
+            patient=alice,
+            email="bruno@example.org",
+            rights="grant",
+            categories=categories,
+            holders=holders,
+            ends_on=_day(30),
+            now=now,
+        )
+        service.answer_invitation(session, caregiver=bruno, delegation_id=delegation.id, accept=True, now=now)
+        return delegation.id
+
+
+def _consent_request(client: Any, world: World) -> str:
+    """The app sends the logged-in caregiver to the consent screen; returns the request id."""
+    params = {
+        "response_type": "code",
+        "client_id": world.client_id,
+        "redirect_uri": REDIRECT,
+        "state": "st-caregiver",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    }
+    answer = client.get("/authorize", params=params, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    location = answer.headers["location"]
+    assert location.startswith("/consent/")
+    return str(location.removeprefix("/consent/"))
+
+
+def _alice_grants(world: World) -> list[dict[str, Any]]:
+    with world.factory() as session:
+        consent = session.get(ConsentRecord, world.consents["alice"])
+        assert consent is not None
+        return list(consent.grants)
+
+
+def test_a_caregiver_consents_for_the_patient_within_the_limits(client: Any, world: World) -> None:
+    delegation_id = _grant_helper(world, ["lab_results"], ["labo-test"])
+    world.log_in(client, "bruno")
+    request_id = _consent_request(client, world)
+    own = client.get(f"/consent/{request_id}").text
+    assert f'href="/helping/{delegation_id}/consent/{request_id}"' in own
+    screen = client.get(f"/helping/{delegation_id}/consent/{request_id}")
+    assert screen.status_code == 200
+    text = _text(screen.text)
+    assert "Vous agissez pour alice." in text
+    assert f'action="/helping/{delegation_id}/consent/{request_id}"' in screen.text
+    assert 'value="pharma-test"' not in screen.text  # only the sources Alice allowed
+    assert 'value="chronic_disease_followup|device_measurements"' not in screen.text
+    answer = client.post(
+        f"/helping/{delegation_id}/consent/{request_id}",
+        data={
+            "csrf_token": form_token(screen.text),
+            "decision": "accept",
+            "holder": "labo-test",
+            "days": "30",
+        },
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"].startswith(REDIRECT + "?code=")
+    (changed,) = _events(world, "alice", EventTag.CONSENT_CHANGED)
+    assert changed.actor == f"caregiver:{world.patients['bruno']}"
+    assert changed.details is not None and changed.details["caregiver"] == "bruno"
+    world.log_in(client, "alice")
+    assert "bruno, qui vous aide, a modifié pour vous votre accord" in _text(client.get("/my/history").text)
+
+
+def test_a_grant_beyond_the_limits_is_refused_and_recorded(client: Any, world: World) -> None:
+    delegation_id = _grant_helper(world, ["lab_results"], ["labo-test"])
+    world.log_in(client, "bruno")
+    request_id = _consent_request(client, world)
+    screen = client.get(f"/helping/{delegation_id}/consent/{request_id}").text
+    before = _alice_grants(world)
+    answer = client.post(  # a source Alice did not allow, forged into the form
+        f"/helping/{delegation_id}/consent/{request_id}",
+        data={"csrf_token": form_token(screen), "decision": "accept", "holder": "pharma-test", "days": "30"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 403
+    assert "alice ne vous a pas permis de partager ces données" in _text(answer.text)
+    assert _alice_grants(world) == before
+    assert _events(world, "alice", EventTag.CONSENT_CHANGED) == []
+    (refused,) = _events(world, "alice", EventTag.CAREGIVER_REFUSED)
+    assert refused.details is not None
+    assert refused.details["reason"] == "outside_limits" and refused.details["attempted"] == "grant"
+
+
+def test_required_data_outside_the_limits_leaves_only_refusing(client: Any, world: World) -> None:
+    delegation_id = _grant_helper(world, ["medications"], ["labo-test"])
+    world.log_in(client, "bruno")
+    request_id = _consent_request(client, world)
+    screen = client.get(f"/helping/{delegation_id}/consent/{request_id}").text
+    assert "Vous pouvez seulement refuser" in _text(screen)
+    assert 'value="accept"' not in screen
+
+
+def test_without_the_right_to_grant_the_screen_is_refused(client: Any, world: World) -> None:
+    delegation_id = _helping(client, world, "revoke")
+    request_id = _consent_request(client, world)
+    assert f"/helping/{delegation_id}/consent/" not in client.get(f"/consent/{request_id}").text
+    answer = client.get(f"/helping/{delegation_id}/consent/{request_id}")
+    assert answer.status_code == 403
+    (refused,) = _events(world, "alice", EventTag.CAREGIVER_REFUSED)
+    assert refused.details is not None and refused.details["reason"] == "not_allowed"
