@@ -260,6 +260,7 @@ def _helping_context(
     )
     service.viewed(session, helped, caregiver, now)
     holders = {h.identifier: h.legal_name for _l, h in active_links(session, helped.patient.id)}
+    charter = state.charters.current(session)
     return {
         "patient": caregiver,
         "helped": helped.patient,
@@ -272,6 +273,7 @@ def _helping_context(
             if row.delegation.id != delegation_id
         ],
         "holder_names": holders,
+        "category_names": {c: entry.label(page_language(request)) for c, entry in charter.categories.items()},
         "consents": [
             {"consent": c, "app": a, "active": c.status == "active" and c.expires_at > now}
             for c, a in patient_consents(session, helped.patient.id)
