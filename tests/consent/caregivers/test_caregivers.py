@@ -77,6 +77,7 @@ def _helping(client: Any, world: World, alice_rights: str = "revoke") -> str:
     assert answer.headers["location"] == "/my/caregivers?done=invited"
     (delegation,) = _delegations(world)
     world.log_in(client, "bruno")
+    assert "Une invitation vous attend : alice vous demande" in _text(client.get("/account").text)
     page = _text(client.get("/my/caregivers").text)
     assert "alice vous demande de l'aider" in page
     answer = _post(client, "/my/caregivers", f"/my/caregivers/{delegation.id}/accept")
