@@ -247,3 +247,85 @@ def _csrf(page: Any, broker: Broker) -> str:
         return str(other.locator("input[name=csrf_token]").first.get_attribute("value"))
     finally:
         other.close()
+
+
+CONSENT_TEXTS = {
+    "fr": {"for": "Répondre pour {name}", "accept": "J'accepte"},
+    "en": {"for": "Answer for {name}", "accept": "I agree"},
+}
+
+
+def _demo_app_id(broker: Broker) -> str:
+    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
+            assert app is not None
+            return app.client_id
+    finally:
+        engine.dispose()
+
+
+def _last_grant_actor(broker: Broker, consent_id: str) -> str | None:
+    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            consent = session.get(ConsentRecord, consent_id)
+            assert consent is not None
+            return session.scalars(
+                select(AuditEvent.actor)
+                .where(
+                    AuditEvent.patient_id == consent.patient_id,
+                    AuditEvent.tag.in_([EventTag.CONSENT_GRANTED.value, EventTag.CONSENT_CHANGED.value]),
+                )
+                .order_by(AuditEvent.id.desc())
+            ).first()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_a_caregiver_answers_an_apps_request_for_the_person_helped(
+    broker: Broker, new_page: Any, axe: str, language: str
+) -> None:
+    texts, words = TEXTS[language], CONSENT_TEXTS[language]
+    patient_email, patient_name = f"patiente2-{language}@example.org", "Jeanne Morel"
+    helper_email, helper_name = f"aidant2-{language}@example.org", "Luc Morel"
+    patient, helper = new_page(language), new_page(language)
+    _sign_up(patient, broker, patient_email, patient_name, texts)
+    _sign_up(helper, broker, helper_email, helper_name, texts)
+    consent_id = _with_a_consent(broker, patient_email)
+
+    # She lets him consent for her, to laboratory results from the demo laboratory only.
+    patient.goto(f"{broker.url}/my/caregivers")
+    patient.locator("#invite-email").fill(helper_email)
+    patient.locator("#rights-grant").check()
+    patient.locator("input[name=categories][value=lab_results]").check()
+    patient.locator(f"input[name=holders][value={DEMO_HOLDER_ID}]").check()
+    with patient.expect_navigation():
+        patient.get_by_role("button", name=texts["send"]).click()
+    _accept(helper, broker, patient_name, texts, None)
+
+    # The app asks; he answers for her.
+    client_id = _demo_app_id(broker)
+    query = (
+        f"response_type=code&client_id={client_id}&redirect_uri=http%3A%2F%2F127.0.0.1%3A8001%2Fcallback"
+        "&state=st-aidant&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+    )
+    helper.goto(f"{broker.url}/authorize?{query}")
+    with helper.expect_navigation():
+        helper.get_by_role("link", name=words["for"].format(name=patient_name)).click()
+    assert texts["acting"].format(name=patient_name) in _main(helper)
+    check_page(helper, axe, language)
+    shoot(helper, f"caregivers-consent-for-{language}")
+    # The app is not running here: the browser's request to its address is what counts.
+    with helper.expect_request(lambda r: r.url.startswith("http://127.0.0.1:8001/")) as sent:
+        helper.get_by_role("button", name=words["accept"], exact=True).click()
+    assert sent.value.url.startswith("http://127.0.0.1:8001/callback?code="), sent.value.url
+    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
+    try:
+        with make_session_factory(engine)() as session:
+            helper_id = session.scalars(select(Patient.id).where(Patient.email_key == helper_email)).one()
+    finally:
+        engine.dispose()
+    assert _last_grant_actor(broker, consent_id) == f"caregiver:{helper_id}"
