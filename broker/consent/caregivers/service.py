@@ -353,7 +353,9 @@ def acting_for(
     Someone else's delegation is simply not found (SECURITY W10); the caregiver's own, when
     withdrawn, over or short of ``need``, raises ``CaregiverRefused``.
     """
-    delegation = session.get(Delegation, delegation_id)
+    # An act that changes something locks the delegation: a withdrawal running at the same
+    # moment waits for it, or is seen by it (``withdraw`` takes the same lock).
+    delegation = session.get(Delegation, delegation_id, with_for_update=need != VIEW)
     if delegation is None or delegation.caregiver_id != caregiver.id:
         raise NotFound("no such person to help")
 

@@ -127,6 +127,23 @@ def test_a_caregiver_revokes_for_the_patient_and_the_history_names_them(client: 
     assert "cette personne peut : voir vos accords et les retirer" in page
 
 
+def test_a_caregiver_switches_between_the_people_they_help(client: Any, world: World) -> None:
+    alice_delegation = _helping(client, world)
+    world.patient("carole")
+    world.log_in(client, "carole")
+    assert _invite(client, "bruno@example.org", "view").status_code == 303
+    carole_delegation = next(d.id for d in _delegations(world) if d.patient_id == world.patients["carole"])
+    world.log_in(client, "bruno")
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{carole_delegation}/accept").status_code == 303
+    page = _text(client.get("/my/caregivers").text)
+    assert "Agir pour alice" in page and "Agir pour carole" in page
+    alice_page = client.get(f"/helping/{alice_delegation}").text
+    assert f'href="/helping/{carole_delegation}"' in alice_page
+    assert 'href="/my/consents"' in alice_page  # back to oneself
+    carole_page = _text(client.get(f"/helping/{carole_delegation}").text)
+    assert "Vous agissez pour carole." in carole_page and "Les accords de carole" in carole_page
+
+
 def test_a_view_only_caregiver_cannot_revoke_and_the_attempt_is_recorded(client: Any, world: World) -> None:
     delegation_id = _helping(client, world, "view")
     helping = client.get(f"/helping/{delegation_id}").text
