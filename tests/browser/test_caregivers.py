@@ -7,11 +7,14 @@ photographed into docs/screenshots/."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from broker.audit.history import TIMEZONE
 from broker.audit.models import AuditEvent
@@ -80,52 +83,54 @@ def _sign_up(page: Any, broker: Broker, email: str, name: str, texts: dict[str, 
         page.get_by_role("button", name=texts["login"], exact=True).click()
 
 
+@contextmanager
+def _database(broker: Broker) -> Iterator[sessionmaker[Session]]:
+    """The broker's own database, opened from the test (the broker process keeps running)."""
+    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
 def _with_a_consent(broker: Broker, email: str) -> str:
     """The patient is linked to the demo laboratory and has consented to the demo app (what
     the consent journey, tested elsewhere, would have left)."""
-    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            patient = session.scalars(select(Patient).where(Patient.email_key == email)).one()
-            app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
-            assert app is not None
-            now = utcnow()
-            link_patient(session, patient_id=patient.id, holder_id=DEMO_HOLDER_ID, now=now)
-            consent = grant_consent(
-                session,
-                patient_id=patient.id,
-                app=app,
-                grants=[Grant(DEMO_HOLDER_ID, "chronic_disease_followup", ("lab_results",))],
-                days=30,
-                charter_version="test",
-                by=f"patient:{patient.id}",
-                now=now,
-            )
-            return consent.id
-    finally:
-        engine.dispose()
+    with _database(broker) as factory, transaction(factory) as session:
+        patient = session.scalars(select(Patient).where(Patient.email_key == email)).one()
+        app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
+        assert app is not None
+        now = utcnow()
+        link_patient(session, patient_id=patient.id, holder_id=DEMO_HOLDER_ID, now=now)
+        consent = grant_consent(
+            session,
+            patient_id=patient.id,
+            app=app,
+            grants=[Grant(DEMO_HOLDER_ID, "chronic_disease_followup", ("lab_results",))],
+            days=30,
+            charter_version="test",
+            by=f"patient:{patient.id}",
+            now=now,
+        )
+        return consent.id
 
 
 def _recorded(broker: Broker, consent_id: str) -> tuple[str, list[str]]:
-    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
-    try:
-        with make_session_factory(engine)() as session:
-            consent = session.get(ConsentRecord, consent_id)
-            assert consent is not None
-            reasons = [
-                (event.details or {}).get("reason", "")
-                for event in session.scalars(
-                    select(AuditEvent)
-                    .where(
-                        AuditEvent.patient_id == consent.patient_id,
-                        AuditEvent.tag == EventTag.CAREGIVER_REFUSED.value,
-                    )
-                    .order_by(AuditEvent.id)
+    with _database(broker) as factory, factory() as session:
+        consent = session.get(ConsentRecord, consent_id)
+        assert consent is not None
+        reasons = [
+            (event.details or {}).get("reason", "")
+            for event in session.scalars(
+                select(AuditEvent)
+                .where(
+                    AuditEvent.patient_id == consent.patient_id,
+                    AuditEvent.tag == EventTag.CAREGIVER_REFUSED.value,
                 )
-            ]
-            return consent.status, reasons
-    finally:
-        engine.dispose()
+                .order_by(AuditEvent.id)
+            )
+        ]
+        return consent.status, reasons
 
 
 def _invite(page: Any, broker: Broker, email: str, rights: str, texts: dict[str, str]) -> None:
@@ -256,32 +261,24 @@ CONSENT_TEXTS = {
 
 
 def _demo_app_id(broker: Broker) -> str:
-    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
-    try:
-        with make_session_factory(engine)() as session:
-            app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
-            assert app is not None
-            return app.client_id
-    finally:
-        engine.dispose()
+    with _database(broker) as factory, factory() as session:
+        app = repository.app_by_name_key(session, fold(DEMO_APP_NAME))
+        assert app is not None
+        return app.client_id
 
 
 def _last_grant_actor(broker: Broker, consent_id: str) -> str | None:
-    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
-    try:
-        with make_session_factory(engine)() as session:
-            consent = session.get(ConsentRecord, consent_id)
-            assert consent is not None
-            return session.scalars(
-                select(AuditEvent.actor)
-                .where(
-                    AuditEvent.patient_id == consent.patient_id,
-                    AuditEvent.tag.in_([EventTag.CONSENT_GRANTED.value, EventTag.CONSENT_CHANGED.value]),
-                )
-                .order_by(AuditEvent.id.desc())
-            ).first()
-    finally:
-        engine.dispose()
+    with _database(broker) as factory, factory() as session:
+        consent = session.get(ConsentRecord, consent_id)
+        assert consent is not None
+        return session.scalars(
+            select(AuditEvent.actor)
+            .where(
+                AuditEvent.patient_id == consent.patient_id,
+                AuditEvent.tag.in_([EventTag.CONSENT_GRANTED.value, EventTag.CONSENT_CHANGED.value]),
+            )
+            .order_by(AuditEvent.id.desc())
+        ).first()
 
 
 @pytest.mark.parametrize("language", ["fr", "en"])
@@ -322,10 +319,6 @@ def test_a_caregiver_answers_an_apps_request_for_the_person_helped(
     with helper.expect_request(lambda r: r.url.startswith("http://127.0.0.1:8001/")) as sent:
         helper.get_by_role("button", name=words["accept"], exact=True).click()
     assert sent.value.url.startswith("http://127.0.0.1:8001/callback?code="), sent.value.url
-    engine = make_engine(broker.env["BROKER_DATABASE_URL"])
-    try:
-        with make_session_factory(engine)() as session:
-            helper_id = session.scalars(select(Patient.id).where(Patient.email_key == helper_email)).one()
-    finally:
-        engine.dispose()
+    with _database(broker) as factory, factory() as session:
+        helper_id = session.scalars(select(Patient.id).where(Patient.email_key == helper_email)).one()
     assert _last_grant_actor(broker, consent_id) == f"caregiver:{helper_id}"

@@ -3,7 +3,7 @@ acting for someone (``/helping/{delegation_id}``), always naming the person acte
 
 Every form carries a CSRF token; every POST that succeeds answers 303. A refusal (beyond
 the limits, after withdrawal, after the period) is a readable page, changes nothing, and is
-written to the helped patient's history in a unit of work of its own.
+written to the helped patient's history.
 """
 
 from __future__ import annotations
@@ -24,22 +24,12 @@ from broker.consent.caregivers import service
 from broker.consent.caregivers.models import GRANT, RIGHTS, Delegation
 from broker.consent.caregivers.service import CaregiverRefused, Helped, InvalidInvitation
 from broker.consent.models import ConsentRecord
-from broker.consent.pages import (
-    LoginRequired,
-    _own_request,
-    _page_error,
-    as_patient,
-    checked_form,
-    decide,
-    screen_context,
-)
-from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, login_redirect, render_page
+from broker.consent.pages import _own_request, checked_form, decide, page_action, screen_context
+from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, render_page
 from broker.consent.patients.models import Patient
 from broker.consent.patients.rendering import page_language
 from broker.consent.service import Grant, active_links, patient_consents
 from broker.db import utcnow
-from broker.errors import BrokerError
-from broker.http import in_transaction
 
 T = TypeVar("T")
 NOTICES = ("invited", "withdrawn", "accepted", "declined", "stopped", "revoked")
@@ -52,18 +42,25 @@ async def caregiver_action(
     work: Callable[[Session, Patient], T],
     respond: Callable[[T], Response[Any]],
 ) -> Response[Any]:
-    """A page for the logged-in account; a caregiver's refused act is recorded, then shown."""
-    try:
-        result = await as_patient(request, state, work)
-    except LoginRequired:
-        return login_redirect(request)
-    except CaregiverRefused as exc:
-        refused, now = exc, utcnow()
-        await in_transaction(state.session_factory, lambda s: service.record_refusal(s, refused, now))
-        return render_page(request, "caregivers/refused.html", status_code=403, refused=refused)
-    except BrokerError as exc:
-        return _page_error(request, exc)
-    return respond(result)
+    """A page for the logged-in account (``page_action``); a caregiver's refused act is undone,
+    recorded, then shown as a readable page."""
+    refused: list[CaregiverRefused] = []
+
+    def guarded(session: Session, patient: Patient) -> T | None:
+        try:
+            with session.begin_nested():  # whatever the refused act began is rolled back
+                return work(session, patient)
+        except CaregiverRefused as exc:
+            service.record_refusal(session, exc, utcnow())
+            refused.append(exc)
+            return None
+
+    def answer(result: T | None) -> Response[Any]:
+        if refused:
+            return render_page(request, "caregivers/refused.html", status_code=403, refused=refused[0])
+        return respond(result)  # type: ignore[arg-type]  # None only when refused
+
+    return await page_action(request, state, guarded, answer)
 
 
 def _when(request: Request[Any, Any, Any], delegation: Delegation) -> str:

@@ -3,8 +3,8 @@
 Every act is written to the helped patient's audit log in the same unit of work as the change
 it records, with the caregiver as actor (``caregiver:<account id>``) and their name in the
 details, so that the patient's history says who did it. What the broker refuses a caregiver
-is recorded too, but in a unit of work of its own (``record_refusal``): the refused one is
-rolled back, whatever it had begun.
+is recorded too (``record_refusal``), once whatever the refused act had begun is rolled back
+(the pages run each act in a savepoint).
 
 Services take a session and plain values and never commit.
 """
@@ -389,7 +389,7 @@ def viewed(session: Session, helped: Helped, caregiver: Patient, now: datetime) 
 
 
 def record_refusal(session: Session, refused: CaregiverRefused, now: datetime, **more: Any) -> None:
-    """Write a refusal to the helped patient's log (in a unit of work of its own)."""
+    """Write a refusal to the helped patient's log (after the refused act was rolled back)."""
     delegation = session.get(Delegation, refused.delegation_id)
     if delegation is None:
         return  # the patient's account is gone meanwhile: nobody's log to write to
