@@ -307,6 +307,7 @@ def withdraw(session: Session, *, patient_id: str, delegation_id: str, now: date
         raise NotFound("no such caregiver")
     if delegation.status not in OPEN:
         return delegation
+    more = {"reason": "invitation_cancelled"} if delegation.status == "invited" else {}
     delegation.status = "withdrawn"
     delegation.ended_at = now
     delegation.ended_by = f"patient:{patient_id}"
@@ -315,7 +316,7 @@ def withdraw(session: Session, *, patient_id: str, delegation_id: str, now: date
         tag=EventTag.DELEGATION_WITHDRAWN,
         patient_id=patient_id,
         actor=f"patient:{patient_id}",
-        details=_details(delegation, _caregiver_name(session, delegation)),
+        details=_details(delegation, _caregiver_name(session, delegation), **more),
         at=now,
     )
     return delegation

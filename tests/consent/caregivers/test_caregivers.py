@@ -127,6 +127,38 @@ def test_a_caregiver_revokes_for_the_patient_and_the_history_names_them(client: 
     assert "cette personne peut : voir vos accords et les retirer" in page
 
 
+def test_declining_stopping_and_cancelling_are_told_to_the_patient(client: Any, world: World) -> None:
+    world.patient("alice")
+    world.patient("bruno")
+    world.log_in(client, "alice")
+    assert _invite(client, "bruno@example.org").status_code == 303
+    (first,) = _delegations(world)
+    world.log_in(client, "bruno")
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{first.id}/decline").status_code == 303
+    again = _post(client, "/my/caregivers", f"/my/caregivers/{first.id}/accept")
+    assert again.status_code == 400  # an answered invitation stays answered
+    world.log_in(client, "alice")
+    assert _invite(client, "bruno@example.org").status_code == 303  # declined: invite again
+    second = _delegations(world)[1]
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{second.id}/withdraw").status_code == 303
+    world.log_in(client, "bruno")
+    assert "alice vous demande" not in _text(client.get("/my/caregivers").text)  # cancelled
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{second.id}/accept").status_code == 400
+    world.log_in(client, "alice")
+    assert _invite(client, "bruno@example.org").status_code == 303
+    third = _delegations(world)[2]
+    world.log_in(client, "bruno")
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{third.id}/accept").status_code == 303
+    assert _post(client, "/my/caregivers", f"/my/caregivers/{third.id}/stop").status_code == 303
+    assert client.get(f"/helping/{third.id}").status_code == 403
+    assert [d.status for d in _delegations(world)] == ["declined", "withdrawn", "ended"]
+    world.log_in(client, "alice")
+    history = _text(client.get("/my/history").text)
+    assert "bruno a refusé votre invitation à vous aider" in history
+    assert "bruno a arrêté de vous aider" in history
+    assert "Vous avez annulé votre invitation à bruno@example.org" in history
+
+
 def test_a_caregiver_switches_between_the_people_they_help(client: Any, world: World) -> None:
     alice_delegation = _helping(client, world)
     world.patient("carole")
