@@ -25,6 +25,7 @@ from broker.catalog import repository
 from broker.catalog.enforcement import CharterInForce
 from broker.catalog.routes import admin_router, registry_router
 from broker.charter import load_charter
+from broker.consent.caregivers.pages import caregiver_pages
 from broker.consent.catalog_pages import catalog_pages
 from broker.consent.download_pages import download_pages
 from broker.consent.pages import consent_pages, patient_api
@@ -244,6 +245,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             admin_router,
             *oauth_routes,
             consent_pages,
+            caregiver_pages,
             catalog_pages,
             download_pages,
             audit_pages,

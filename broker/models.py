@@ -4,6 +4,7 @@ from broker.audit import models as audit_models
 from broker.catalog import models as catalog_models
 from broker.consent import download as download_models
 from broker.consent import models as consent_models
+from broker.consent.caregivers import models as caregiver_models
 from broker.consent.patients import models as patient_models
 from broker.db import Base
 
@@ -11,6 +12,7 @@ metadata = Base.metadata
 
 __all__ = [
     "audit_models",
+    "caregiver_models",
     "catalog_models",
     "consent_models",
     "download_models",

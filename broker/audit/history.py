@@ -49,6 +49,11 @@ KINDS = {
     EventTag.CONSENT_EXPIRED: "expired",
     EventTag.DELEGATION_GIVEN: "delegation_given",
     EventTag.DELEGATION_WITHDRAWN: "delegation_withdrawn",
+    EventTag.DELEGATION_ACCEPTED: "delegation_accepted",
+    EventTag.DELEGATION_DECLINED: "delegation_declined",
+    EventTag.DELEGATION_ENDED: "delegation_ended",
+    EventTag.CAREGIVER_VIEWED: "caregiver_viewed",
+    EventTag.CAREGIVER_REFUSED: "caregiver_refused",
     EventTag.TOKEN_ISSUED: "access_given",
     EventTag.TOKEN_REFRESHED: "access_renewed",
     EventTag.TOKEN_REVOKED: "access_ended",
@@ -115,6 +120,9 @@ class Entry:
     after_end: bool = False
     times: int = 0  # folded renewals
     tag: str = ""
+    caregiver: str = ""  # the name of the caregiver who acted for the patient, if one did
+    rights: str = ""  # what a caregiver was allowed: view | revoke | grant
+    reason: str = ""
 
 
 @dataclass
@@ -127,6 +135,10 @@ class _Names:
 
     def holder(self, holder_id: Any) -> str:
         return self.holders.get(holder_id, str(holder_id or "")) if holder_id else ""
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _split(joined: str | None) -> list[str]:
@@ -201,6 +213,9 @@ class _Teller:
             categories=self.categories(details.get("categories")),
             consent_id=details.get("consent_id") if isinstance(details.get("consent_id"), str) else None,
             by_you=event.actor == f"patient:{self.patient_id}",
+            caregiver=_text(details.get("caregiver")),
+            rights=_text(details.get("rights")),
+            reason=_text(details.get("reason")),
             tag=tag,
         )
         if isinstance(details.get("expires_at"), str):

@@ -33,6 +33,12 @@ class EventTag(StrEnum):
     DELEGATION_GIVEN = "patient:delegation:given"
     DELEGATION_WITHDRAWN = "patient:delegation:withdrawn"
     DOWNLOAD_GRANTED = "patient:download:granted"  # a one-time download of one's own data
+    # A caregiver's answers to an invitation, and what the broker refused them.
+    DELEGATION_ACCEPTED = "caregiver:delegation:accepted"
+    DELEGATION_DECLINED = "caregiver:delegation:declined"
+    DELEGATION_ENDED = "caregiver:delegation:ended"  # the caregiver stopped helping
+    CAREGIVER_VIEWED = "caregiver:consents:viewed"
+    CAREGIVER_REFUSED = "broker:caregiver:refused"  # beyond the limits, or no longer allowed
     # Tokens, written by the token endpoint.
     TOKEN_ISSUED = "broker:token:issued"  # noqa: S105 (a tag, not a secret)
     TOKEN_REFRESHED = "broker:token:refreshed"  # noqa: S105 (a tag, not a secret)

@@ -20,6 +20,8 @@ from broker.audit.history import TIMEZONE, format_when, last_releases
 from broker.catalog.models import App, Holder
 from broker.charter import Charter
 from broker.consent import oauth
+from broker.consent.caregivers.models import GRANT
+from broker.consent.caregivers.service import people_helped
 from broker.consent.catalog_pages import link_target
 from broker.consent.links import finish_link, start_link, unlink
 from broker.consent.models import AuthorizationRequest, ConsentRecord
@@ -230,6 +232,35 @@ def _own_request(session: Session, patient: Patient, request_id: str, now: datet
     return pending
 
 
+def screen_context(
+    request: Request[Any, Any, Any],
+    state: State,
+    session: Session,
+    pending: AuthorizationRequest,
+    patient: Patient,
+) -> dict[str, Any]:
+    """What the consent screen shows about ``pending`` for ``patient``'s data."""
+    app = session.get(App, pending.client_id)
+    assert app is not None
+    charter = state.charters.current(session)
+    lang = page_language(request)
+    choices = _choices(app, charter, pending, lang)
+    manifest = app.client_metadata["charter_manifest"]
+    longest = longest_consent_days(app)
+    return {
+        "app": app,
+        "manifest": manifest,
+        "request_id": pending.id,
+        "business_model_label": charter.business_models[manifest["business_model"]["model"]].label(lang),
+        "choices": choices,
+        "holders": _holders(session, patient, pending, {c.category for c in choices}),
+        # The usual choices, up to what the app allows, and that bound itself.
+        "durations": sorted({d for d in DURATIONS if d < longest} | {longest}),
+        "default_days": longest,
+        "patient": patient,
+    }
+
+
 @get("/consent/{request_id:str}", include_in_schema=False)
 async def consent_screen(
     request: Request[Any, Any, Any], state: State, request_id: FromPath[str]
@@ -238,26 +269,12 @@ async def consent_screen(
     choice (DESIGN step 5, charter art. 06a and 06b)."""
 
     def work(session: Session, patient: Patient) -> dict[str, Any]:
-        pending = _own_request(session, patient, request_id, utcnow())
-        app = session.get(App, pending.client_id)
-        assert app is not None
-        charter = state.charters.current(session)
-        lang = page_language(request)
-        choices = _choices(app, charter, pending, lang)
-        manifest = app.client_metadata["charter_manifest"]
-        longest = longest_consent_days(app)
-        return {
-            "app": app,
-            "manifest": manifest,
-            "request_id": pending.id,
-            "business_model_label": charter.business_models[manifest["business_model"]["model"]].label(lang),
-            "choices": choices,
-            "holders": _holders(session, patient, pending, {c.category for c in choices}),
-            # The usual choices, up to what the app allows, and that bound itself.
-            "durations": sorted({d for d in DURATIONS if d < longest} | {longest}),
-            "default_days": longest,
-            "patient": patient,
-        }
+        now = utcnow()
+        pending = _own_request(session, patient, request_id, now)
+        context = screen_context(request, state, session, pending, patient)
+        # Someone this patient helps, with the right to consent for them (caregivers).
+        context["grant_for"] = people_helped(session, patient.id, now, need=GRANT)
+        return context
 
     return await page_action(
         request, state, work, lambda context: render_page(request, "consent/authorize.html", **context)
@@ -282,62 +299,79 @@ async def consent_decision(
     request: Request[Any, Any, Any], state: State, request_id: FromPath[str]
 ) -> Response[Any]:
     """The patient's answer. Both answers go back to the app with a 303 (RFC 9700 §4.12)."""
-    settings = state.settings
     form = await checked_form(request, state)
 
     def work(session: Session, patient: Patient) -> str:
         now = utcnow()
         pending = _own_request(session, patient, request_id, now)
-        pending.used_at = now  # one answer per request
-        if form.get("decision") != "accept":
-            return oauth.authorization_response(
-                pending.redirect_uri,
-                settings.issuer,
-                state=pending.state,
-                error="access_denied",
-                error_description="the patient did not consent",
+
+        def record(app: App, grants: list[Grant], days: int, charter_version: str) -> ConsentRecord:
+            return grant_consent(
+                session,
+                patient_id=patient.id,
+                app=app,
+                grants=grants,
+                days=days,
+                charter_version=charter_version,
+                by=f"patient:{patient.id}",
+                now=now,
             )
-        app = session.get(App, pending.client_id)
-        if app is None or app.status != "approved":
-            raise oauth.AuthorizationPageError("this app can no longer ask for your consent")
-        charter = state.charters.current(session)
-        choices = {c.value: c for c in _choices(app, charter, pending, "fr")}
-        picked = set(form.getall("item", []))
-        if picked - set(choices):
-            raise InvalidRequest("the form names data that this request did not ask for")
-        # Required lines are part of the request itself; optional ones only when ticked.
-        selected = [c for c in choices.values() if not c.optional or c.value in picked]
-        # The sources the screen offered (for every line asked, ticked or not): unticking the
-        # only category a source serves leaves that source ticked but with nothing to give.
-        holders = {
-            h.identifier: h
-            for h in _holders(session, patient, pending, {c.category for c in choices.values()})
-        }
-        picked_holders = set(form.getall("holder", []))
-        if not picked_holders or not picked_holders <= set(holders):
-            raise InvalidRequest("choose at least one of your data sources", code="no_source")
-        try:
-            days = int(form.get("days", ""))
-        except ValueError:
-            raise InvalidRequest("choose a duration", code="duration") from None
-        consent = grant_consent(
-            session,
-            patient_id=patient.id,
-            app=app,
-            grants=_grants(selected, holders, picked_holders),
-            days=days,
-            charter_version=charter.version,
-            by=f"patient:{patient.id}",
-            now=now,
-        )
-        code = oauth.issue_code(
-            session, request=pending, consent=consent, secret_key=settings.secret_key, now=now
-        )
-        return oauth.authorization_response(
-            pending.redirect_uri, settings.issuer, code=code, state=pending.state
-        )
+
+        return decide(state, session, form, pending, patient, record, now)
 
     return await page_action(request, state, work, lambda location: Redirect(location, status_code=303))
+
+
+def decide(
+    state: State,
+    session: Session,
+    form: Any,
+    pending: AuthorizationRequest,
+    patient: Patient,
+    record: Callable[[App, list[Grant], int, str], ConsentRecord],
+    now: datetime,
+) -> str:
+    """The answer to ``pending`` about ``patient``'s data, as the redirect back to the app.
+
+    ``record`` stores the consent: the patient's own, or a caregiver's for them.
+    """
+    settings = state.settings
+    pending.used_at = now  # one answer per request
+    if form.get("decision") != "accept":
+        return oauth.authorization_response(
+            pending.redirect_uri,
+            settings.issuer,
+            state=pending.state,
+            error="access_denied",
+            error_description="the patient did not consent",
+        )
+    app = session.get(App, pending.client_id)
+    if app is None or app.status != "approved":
+        raise oauth.AuthorizationPageError("this app can no longer ask for your consent")
+    charter = state.charters.current(session)
+    choices = {c.value: c for c in _choices(app, charter, pending, "fr")}
+    picked = set(form.getall("item", []))
+    if picked - set(choices):
+        raise InvalidRequest("the form names data that this request did not ask for")
+    # Required lines are part of the request itself; optional ones only when ticked.
+    selected = [c for c in choices.values() if not c.optional or c.value in picked]
+    # The sources the screen offered (for every line asked, ticked or not): unticking the
+    # only category a source serves leaves that source ticked but with nothing to give.
+    holders = {
+        h.identifier: h for h in _holders(session, patient, pending, {c.category for c in choices.values()})
+    }
+    picked_holders = set(form.getall("holder", []))
+    if not picked_holders or not picked_holders <= set(holders):
+        raise InvalidRequest("choose at least one of your data sources", code="no_source")
+    try:
+        days = int(form.get("days", ""))
+    except ValueError:
+        raise InvalidRequest("choose a duration", code="duration") from None
+    consent = record(app, _grants(selected, holders, picked_holders), days, charter.version)
+    code = oauth.issue_code(
+        session, request=pending, consent=consent, secret_key=settings.secret_key, now=now
+    )
+    return oauth.authorization_response(pending.redirect_uri, settings.issuer, code=code, state=pending.state)
 
 
 def _consent_rows(

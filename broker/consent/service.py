@@ -107,7 +107,13 @@ _AUDIT_TAGS = {
 
 
 def _event(
-    session: Session, consent: ConsentRecord, action: str, by: str, now: datetime, reason: str | None = None
+    session: Session,
+    consent: ConsentRecord,
+    action: str,
+    by: str,
+    now: datetime,
+    reason: str | None = None,
+    caregiver: str | None = None,
 ) -> None:
     tag = _AUDIT_TAGS.get(action)
     if tag is not None:
@@ -123,6 +129,8 @@ def _event(
         }
         if reason is not None:
             details["reason"] = reason
+        if caregiver is not None:
+            details["caregiver"] = caregiver  # the helper's name, as the patient's history shows it
         append_event(session, tag=tag, patient_id=consent.patient_id, actor=by, details=details, at=now)
     session.add(
         ConsentEvent(
@@ -162,8 +170,12 @@ def grant_consent(
     charter_version: str,
     by: str,
     now: datetime,
+    caregiver: str | None = None,
 ) -> ConsentRecord:
     """Record the patient's consent; granting the same app again updates the one record.
+
+    ``caregiver`` is the name of the caregiver who acts for the patient (``by`` names them
+    too, as ``caregiver:<id>``), for the patient's history.
 
     Every (re)grant takes a fresh status entry: tokens issued under an earlier, revoked grant
     keep pointing at an INVALID entry and never come back to life.
@@ -198,7 +210,7 @@ def grant_consent(
         )
         session.add(consent)
         session.flush()
-        _event(session, consent, "granted", by, now)
+        _event(session, consent, "granted", by, now, caregiver=caregiver)
         return consent
     was_active = consent.status == "active" and consent.expires_at > now
     if not was_active:
@@ -213,7 +225,7 @@ def grant_consent(
     consent.expires_at = now + timedelta(days=days)
     consent.charter_version = charter_version
     consent.manifest_sha256 = app.manifest_sha256
-    _event(session, consent, "changed" if was_active else "granted", by, now)
+    _event(session, consent, "changed" if was_active else "granted", by, now, caregiver=caregiver)
     return consent
 
 
@@ -237,9 +249,18 @@ def reissue_status_entry(session: Session, consent: ConsentRecord, now: datetime
 
 
 def revoke_consent(
-    session: Session, *, consent: ConsentRecord, by: str, reason: str | None, now: datetime
+    session: Session,
+    *,
+    consent: ConsentRecord,
+    by: str,
+    reason: str | None,
+    now: datetime,
+    caregiver: str | None = None,
 ) -> ConsentRecord:
-    """Withdraw a consent: its status entry turns INVALID and every refresh token dies now."""
+    """Withdraw a consent: its status entry turns INVALID and every refresh token dies now.
+
+    ``caregiver``: the name of the caregiver who acts for the patient, if one does.
+    """
     if consent.status == "revoked":
         return consent
     consent.status = "revoked"
@@ -253,7 +274,7 @@ def revoke_consent(
         .where(RefreshToken.consent_id == consent.id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
-    _event(session, consent, "revoked", by, now, reason)
+    _event(session, consent, "revoked", by, now, reason, caregiver=caregiver)
     return consent
 
 

@@ -76,6 +76,9 @@ def account_export(session: Session, *, patient: Patient, issuer: str, now: date
     The password hash is left out on purpose: it is a secret of the broker's, not a fact about
     the person, and a copy of it would only help someone guess the password.
     """
+    # Imported here: the caregivers package imports this one (its Patient model).
+    from broker.consent.caregivers.service import caregiver_export
+
     identities = session.scalars(
         select(ExternalIdentity)
         .where(ExternalIdentity.patient_id == patient.id)
@@ -153,19 +156,23 @@ def account_export(session: Session, *, patient: Patient, issuer: str, now: date
             }
             for consent, app in consents
         ],
+        "caregivers": caregiver_export(session, patient),
         "audit": patient_export(session, patient_id=patient.id, issuer=issuer),
     }
 
 
 def withdraw_everything(session: Session, *, patient_id: str, now: datetime) -> int:
-    """The first step of a deletion: every consent revoked, every source unlinked.
+    """The first step of a deletion: caregiver relations ended both ways, every consent
+    revoked, every source unlinked.
 
     Through ``revoke_consent``, so that holders learn it from the status list and the push
     stream and the audit log records each revocation. Returns how many consents were revoked.
     """
-    # Imported here: broker.consent.links imports this package (its Patient model).
+    # Imported here: broker.consent.links and the caregivers package import this package.
+    from broker.consent.caregivers.service import end_for_deleted_account
     from broker.consent.links import unlink
 
+    end_for_deleted_account(session, patient_id=patient_id, now=now)
     by = f"patient:{patient_id}"
     revoked = 0
     for consent in session.scalars(

@@ -235,10 +235,20 @@ def throttled_status(code: str | None) -> int:
 async def account_page(
     request: Request[Any, Any, Any], state: State, done: FromQuery[str | None] = None
 ) -> Response[Any]:
-    patient = await logged_in_patient(request, state)
+    # Imported here: the caregivers package imports this one (its Patient model).
+    from broker.consent.caregivers.service import invitations_for
+
+    def work(session: Session) -> tuple[Patient | None, list[str]]:
+        patient = patient_from_request(session, request, state.settings)
+        if patient is None:
+            return None, []
+        return patient, [row.patient.display_name for row in invitations_for(session, patient, utcnow())]
+
+    patient, inviting = await in_transaction(state.session_factory, work)
     if patient is None:
         return login_redirect(request)
-    return account_form(request, patient, notice=done if done in ACCOUNT_NOTICES else None)
+    notice = done if done in ACCOUNT_NOTICES else None
+    return account_form(request, patient, notice=notice, inviting=inviting)
 
 
 @post("/account/password", include_in_schema=False)

@@ -43,11 +43,17 @@ def clean_name(name: str) -> str:
     return " ".join(kept.split())
 
 
+def valid_email(email: str) -> bool:
+    """Whether ``email`` can be an account's address (its folded form, within the length)."""
+    folded = fold_email(email)
+    return bool(folded) and len(folded) <= MAX_EMAIL and _EMAIL.match(folded) is not None
+
+
 def sign_up_problems(email: str, display_name: str, password: str) -> dict[str, str]:
     """Field → error code, empty when the sign-up form is acceptable."""
     problems: dict[str, str] = {}
     folded = fold_email(email)
-    if not folded or len(folded) > MAX_EMAIL or not _EMAIL.match(folded):
+    if not valid_email(email):
         problems["email"] = "email_invalid"
     name = clean_name(display_name)
     if not name:
