@@ -29,12 +29,14 @@ from broker.consent.catalog_pages import catalog_pages
 from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
 from broker.consent.routes import oauth_routes
-from broker.db import make_engine, make_session_factory, transaction
+from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
+from broker.federation.sync import guarded_fetch, synchronise_all
 from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
+from broker.outbound import OutboundPolicy
 from broker.settings import Settings
 from broker.web.i18n import STATIC
 
@@ -215,6 +217,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return placed
 
     sequencer = BackgroundSequencer(audit_tick, settings.audit_interval)
+    # Every trusted peer, at start and then each period: suspensions at the origin reach
+    # this catalog within one period.
+    charters = state.charters
+    outbound = OutboundPolicy.from_settings(settings)
+    federation_sync = BackgroundSequencer(
+        lambda: len(
+            synchronise_all(
+                session_factory,
+                charter_of=charters.current,
+                fetch=guarded_fetch(outbound),
+                dev_mode=settings.dev_mode,
+                clock=utcnow,
+            )
+        ),
+        settings.federation_sync_interval,
+        name="federation synchroniser",
+    )
 
     if settings.demo:
         from broker.demo import seed_demo
@@ -247,8 +266,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
-        on_startup=[sequencer.start],
-        on_shutdown=[sequencer.stop, on_shutdown],
+        on_startup=[sequencer.start, federation_sync.start],
+        on_shutdown=[federation_sync.stop, sequencer.stop, on_shutdown],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",

@@ -5,7 +5,15 @@ from broker.catalog import models as catalog_models
 from broker.consent import models as consent_models
 from broker.consent.patients import models as patient_models
 from broker.db import Base
+from broker.federation import models as federation_models
 
 metadata = Base.metadata
 
-__all__ = ["audit_models", "catalog_models", "consent_models", "metadata", "patient_models"]
+__all__ = [
+    "audit_models",
+    "catalog_models",
+    "consent_models",
+    "federation_models",
+    "metadata",
+    "patient_models",
+]

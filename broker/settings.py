@@ -166,6 +166,10 @@ class Settings:
     #: BROKER_FEDERATION_TRUST_MARKS — trust marks issued to this broker by others (compact
     #: JWTs separated by spaces), published in its entity configuration as they are.
     federation_trust_marks: tuple[str, ...] = field(default=(), repr=False)
+    #: BROKER_FEDERATION_SYNC_INTERVAL — seconds between two synchronisations with every
+    #: trusted peer in each broker process; an app suspended at its origin is suspended here
+    #: within this period. 0: only on demand (``broker federation sync``).
+    federation_sync_interval: int = 300
 
     @property
     def oidc_enabled(self) -> bool:
@@ -256,6 +260,7 @@ class Settings:
                 for hint in env.get("BROKER_FEDERATION_AUTHORITY_HINTS", "").split()
             ),
             federation_trust_marks=tuple(env.get("BROKER_FEDERATION_TRUST_MARKS", "").split()),
+            federation_sync_interval=_int(env, "BROKER_FEDERATION_SYNC_INTERVAL", 300, 0, 7 * 86400),
         )
 
 

@@ -1,4 +1,4 @@
-"""The rows federation documents are built from: apps and holders, read only."""
+"""The rows federation documents are built from (apps, holders, trusted peers), and the peers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.catalog.models import App, Holder
+from broker.federation.models import FederationPeer, ImportedApp
 
 
 def app_ids(session: Session, statuses: Sequence[str]) -> Sequence[str]:
@@ -28,3 +29,24 @@ def get_app(session: Session, client_id: str) -> App | None:
 
 def get_holder(session: Session, identifier: str) -> Holder | None:
     return session.get(Holder, identifier)
+
+
+def get_peer(session: Session, entity_id: str) -> FederationPeer | None:
+    return session.get(FederationPeer, entity_id)
+
+
+def peer_ids(session: Session) -> Sequence[str]:
+    return session.scalars(select(FederationPeer.entity_id).order_by(FederationPeer.entity_id)).all()
+
+
+def peers(session: Session) -> Sequence[FederationPeer]:
+    return session.scalars(select(FederationPeer).order_by(FederationPeer.entity_id)).all()
+
+
+def imported_from(session: Session, peer_id: str) -> dict[str, ImportedApp]:
+    rows = session.scalars(select(ImportedApp).where(ImportedApp.peer_id == peer_id))
+    return {row.client_id: row for row in rows}
+
+
+def origin_of(session: Session, client_id: str) -> ImportedApp | None:
+    return session.get(ImportedApp, client_id)
