@@ -283,20 +283,17 @@ def import_app(
     dev_mode: bool,
     now: datetime,
     actor: str,
-    expected_digest: str,
     app: App | None = None,
 ) -> App:
     """An app registered at a peer broker, put in (or refreshed in) this catalog.
 
-    The metadata is validated and checked against *this* broker's charter: the app's status
-    here is this broker's own verdict. ``expected_digest`` is the manifest the peer's trust
-    mark vouches for; other metadata is refused. No registration access token: the app is
-    managed at its origin, and RFC 7592 calls here answer as for an unknown token.
+    The metadata (as the peer's signed statement gives it, without people's contacts) is
+    validated and checked against *this* broker's charter: the app's status here is this
+    broker's own verdict. No registration access token: the app is managed at its origin, and
+    RFC 7592 calls here answer as for an unknown token.
     """
     reg = validate_client_registration(body, charter, dev_mode=dev_mode)
     digest = manifest_digest(reg.metadata)
-    if digest != expected_digest:
-        raise InvalidClientMetadata("charter_manifest: not the manifest the peer's trust mark vouches for")
     _check_name_free(session, fold(reg.client_name), client_id)
     verdict = _checked(reg.metadata, charter, dev_mode)
     previous = None if app is None else app.status

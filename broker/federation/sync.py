@@ -429,7 +429,7 @@ def apply(
             app is not None
             and row is not None
             and row.origin_status == "approved"
-            and app.manifest_sha256 == remote.manifest_sha256
+            and row.origin_manifest_sha256 == remote.manifest_sha256
             and app.status != "suspended"
         ):
             row.synced_at = now
@@ -446,7 +446,6 @@ def apply(
                 dev_mode=dev_mode,
                 now=now,
                 actor=actor,
-                expected_digest=remote.manifest_sha256,
                 app=app,
             )
         except BrokerError as exc:
