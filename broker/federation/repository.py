@@ -50,3 +50,13 @@ def imported_from(session: Session, peer_id: str) -> dict[str, ImportedApp]:
 
 def origin_of(session: Session, client_id: str) -> ImportedApp | None:
     return session.get(ImportedApp, client_id)
+
+
+def origins(session: Session, client_ids: Sequence[str]) -> dict[str, str]:
+    """client id → entity id of the peer broker it was registered at, for imported apps."""
+    if not client_ids:
+        return {}
+    rows = session.execute(
+        select(ImportedApp.client_id, ImportedApp.peer_id).where(ImportedApp.client_id.in_(list(client_ids)))
+    )
+    return {client_id: peer_id for client_id, peer_id in rows}

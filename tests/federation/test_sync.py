@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar.testing import TestClient
 from sqlalchemy import select
 
+from broker.app import create_app
 from broker.catalog.enforcement import CharterInForce
 from broker.catalog.models import App, CharterVerdict
 from broker.db import make_engine, make_session_factory, transaction, utcnow
@@ -138,11 +141,21 @@ def test_import_keep_in_step_and_suspend(settings: Settings, peer: Peer) -> None
 
     again = sync(settings, peer.issuer)
     assert again.ok and again.imported == [] and again.unchanged == 1
+    origin = peer.issuer.removeprefix("http://")
+    with TestClient(app=create_app(replace(settings, federation_sync_interval=0))) as local:
+        catalog_page = local.get("/catalog").text
+        assert f"Inscrite auprès de {origin}, un service partenaire." in catalog_page
+        page = local.get(f"/catalog/{client_id}").text
+        assert f"Inscrite auprès de {origin}, un service partenaire qui l" in page
+        english = local.get(f"/catalog/{client_id}", headers={"Accept-Language": "en"}).text
+        assert f"Registered at {origin}, a partner service that checked it first" in english
 
     peer.set_status(client_id, "suspended")  # e.g. a charter re-check at the origin
     report = sync(settings, peer.issuer)
     assert report.suspended == [client_id]
     assert local_app(settings, client_id) == ("suspended", "dropped")
+    with TestClient(app=create_app(replace(settings, federation_sync_interval=0))) as local:
+        assert origin not in local.get("/catalog").text  # gate mode: out of the catalog
 
     peer.set_status(client_id, "approved")
     report = sync(settings, peer.issuer)
