@@ -45,6 +45,7 @@ from broker_sdk.errors import (
     TokenRevoked,
     VerificationError,
 )
+from broker_sdk.federation import IssuerResolver, ResolvedIssuer, federated_verifier
 from broker_sdk.link import (
     LinkRequest,
     LinkRequestError,
@@ -81,6 +82,7 @@ __all__ = [
     "HolderGrant",
     "HolderVerifier",
     "InsufficientScope",
+    "IssuerResolver",
     "LinkRequest",
     "LinkRequestError",
     "MemoryReplayCache",
@@ -89,6 +91,7 @@ __all__ = [
     "ReceiptSender",
     "Registration",
     "ReplayCache",
+    "ResolvedIssuer",
     "TokenExpired",
     "TokenInvalid",
     "TokenRevoked",
@@ -96,6 +99,7 @@ __all__ = [
     "VerificationError",
     "VerifiedToken",
     "__version__",
+    "federated_verifier",
     "link_response",
     "link_token",
     "load_manifest",
