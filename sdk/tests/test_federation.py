@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.federation.models import FederationPeer
-from broker_sdk import BrokerUnavailable, HolderVerifier, IssuerResolver, federated_verifier
 from tests.federation.peers import Peer, rewrite, running_peer
+
+from broker_sdk import BrokerUnavailable, HolderVerifier, IssuerResolver, federated_verifier
 
 CONFIG = "/.well-known/openid-federation"
 
