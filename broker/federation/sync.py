@@ -295,15 +295,8 @@ def _app_documents(
             trust_mark=tokens[0],
             now=now,
         )
-        verify_trust_mark(
-            tokens[0],
-            issuer=configuration.sub,
-            issuer_jwks=configuration.jwks,
-            subject=entity_id,
-            trust_mark_type=mark_type,
-            now=now,
-            status=status,
-        )
+        if status != "active":
+            raise FederationRefused(Refusal.TRUST_MARK_REVOKED, f"trust mark: its issuer says {status!r}")
     digest = mark.claims.get("charter_manifest_sha256")
     if not isinstance(digest, str) or digest != facts.get("charter_manifest_sha256"):
         raise FederationRefused(Refusal.MALFORMED, "the trust mark vouches for another manifest")

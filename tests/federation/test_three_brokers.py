@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,11 +44,10 @@ from broker.consent.service import link_patient
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from tests.catalog.test_enforcement import V2
 from tests.conftest import PG_ENV, backends
-from tests.consent.test_oauth_flow import hidden as hidden_input
+from tests.consent.test_oauth_flow import PASSWORD, consent, log_in
 from tests.e2e.stack import ROOT, Database, free_port
 from tests.factories import app_registration, holder_declaration
 
-PASSWORD = "une phrase de passe assez longue pour le test"
 EMAIL = "gaelle@example.org"
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the test reads the 303
 LABO = "https://labo-test.example/fhir"
@@ -202,31 +200,10 @@ def seed_b(broker: BrokerProcess) -> None:
 
 
 def patient_consents(issuer: str, authorization_url: str) -> str:
+    """The patient of B logs in at B and accepts on B's consent screen; the redirect to the app."""
     browser = httpx.Client(base_url=issuer, timeout=10)
-    page = browser.get("/login")
-    logged = browser.post(
-        "/login",
-        data={
-            "csrf_token": hidden_input(page.text, "csrf_token"),
-            "email": EMAIL,
-            "password": PASSWORD,
-            "next": "/",
-        },
-    )
-    assert logged.status_code == 303, logged.text
-    screen = browser.get(authorization_url, follow_redirects=True)
-    assert screen.status_code == 200, screen.text
-    assert APP_NAME in screen.text
-    answer = browser.post(
-        httpx.URL(str(screen.url)).path,
-        data={
-            "csrf_token": hidden_input(screen.text, "csrf_token"),
-            "decision": "accept",
-            "days": "30",
-            "holder": re.findall(r'name="holder" value="([^"]+)"', screen.text),
-            "item": re.findall(r'name="item" value="([^"]+)"[^>]*checked', screen.text),
-        },
-    )
+    log_in(browser, EMAIL)
+    answer = consent(browser, authorization_url)
     assert answer.status_code == 303, answer.text
     return answer.headers["location"]
 
