@@ -451,3 +451,49 @@ def test_chain_to_the_anchor_and_rollover_vouched_by_it(settings: Settings, tmp_
             factory.kw["bind"].dispose()
             report = sync(settings, peer.issuer)
             assert report.ok and report.keys_rolled_over, report.to_json()
+
+
+# -- the operator's commands ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entity_id", "options", "message"),
+    [
+        ("http://peer.example", {}, "https URL"),
+        ("https://peer.example/", {}, "final slash"),
+        ("https://peer.example?x=1", {}, "without query"),
+        ("https://peer.example", {"jwks": None}, "pin the peer's keys"),
+        ("https://peer.example", {"jwks": {"keys": []}}, "at least one key"),
+        ("https://peer.example", {"trust_anchor": "https://anchor.example"}, "needs its keys pinned"),
+    ],
+)
+def test_adding_a_peer_refuses_what_it_cannot_pin(
+    settings: Settings, entity_id: str, options: dict[str, Any], message: str
+) -> None:
+    from broker.errors import InvalidRequest
+
+    factory = _factory(settings)
+    with pytest.raises(InvalidRequest, match=message), transaction(factory) as session:
+        federation_peers.add_peer(
+            session,
+            entity_id=entity_id,
+            jwks=options.get("jwks", {"keys": [{"kty": "EC", "kid": "k"}]}),
+            trust_anchor=options.get("trust_anchor"),
+            trust_anchor_jwks=None,
+            import_apps=True,
+            operator="test",
+            dev_mode=False,
+            fetch=guarded_fetch(POLICY),
+            now=utcnow(),
+        )
+    with transaction(factory) as session:
+        assert federation_peers.list_peers(session) == []
+    factory.kw["bind"].dispose()
+
+
+def test_the_same_peer_twice_is_a_conflict(settings: Settings, peer: Peer) -> None:
+    from broker.errors import Conflict
+
+    trust(settings, peer.issuer, peer.jwks())
+    with pytest.raises(Conflict):
+        trust(settings, peer.issuer, peer.jwks())
