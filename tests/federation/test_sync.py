@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from sqlalchemy import select
 
 from broker.app import create_app
-from broker.catalog.enforcement import CharterInForce
+from broker.catalog.enforcement import CharterInForce, apply_charter, charter_source
 from broker.catalog.models import App, CharterVerdict
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.federation import peers as federation_peers
@@ -157,6 +157,14 @@ def test_import_keep_in_step_and_suspend(settings: Settings, peer: Peer) -> None
     with TestClient(app=create_app(replace(settings, federation_sync_interval=0))) as local:
         assert origin not in local.get("/catalog").text  # gate mode: out of the catalog
 
+    # A charter re-check here does not restore what the origin suspended …
+    factory = _factory(settings)
+    with transaction(factory) as session:
+        charter, document = charter_source("1.0")
+        apply_charter(session, charter=charter, document=document, applied_by="t", dev_mode=True, now=utcnow())
+    factory.kw["bind"].dispose()
+    assert local_app(settings, client_id) == ("suspended", "dropped")
+    # … the origin's word does, at the next synchronisation.
     peer.set_status(client_id, "approved")
     report = sync(settings, peer.issuer)
     assert report.updated == [client_id]
