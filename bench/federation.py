@@ -133,11 +133,15 @@ def bench_sync(base: Path, peer: str, anchor: str, anchor_jwks: dict[str, Any], 
     first = timed(lambda: first_report.append(once()))
     report = first_report[0]
     if not report.ok or len(report.imported) != apps:
-        raise RuntimeError(f"the first synchronisation imported {len(report.imported)}: {report.to_json()}")
+        refused = [(r.entity_id, r.reason, r.detail) for r in report.refused[:3]]
+        raise RuntimeError(f"the first synchronisation imported {len(report.imported)} of {apps}: {refused}")
     again_report: list[Any] = []
     again = timed(lambda: again_report.append(once()))
     if again_report[0].unchanged != apps:
-        raise RuntimeError(f"the second synchronisation: {again_report[0].to_json()}")
+        refused = [(r.entity_id, r.reason, r.detail) for r in again_report[0].refused[:3]]
+        raise RuntimeError(
+            f"the second synchronisation left {again_report[0].unchanged} unchanged: {refused}"
+        )
 
     def fetch_only() -> None:
         def one(entity_id: str) -> bytes:

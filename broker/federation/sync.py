@@ -32,7 +32,7 @@ from broker.audit.tags import EventTag
 from broker.catalog import service as catalog
 from broker.catalog.models import App
 from broker.charter import Charter
-from broker.db import transaction
+from broker.db import transaction, utcnow
 from broker.errors import BrokerError
 from broker.federation import repository
 from broker.federation.models import FederationPeer, ImportedApp
@@ -326,8 +326,18 @@ def _listed(configuration: EntityStatement, fetch: Fetch) -> dict[str, str]:
     return listed
 
 
-def collect(peer: PeerTrust, fetch: Fetch, now: datetime, workers: int = FETCH_WORKERS) -> Collected:
-    """Fetch and verify everything the peer publishes; raises :class:`SyncRefused`."""
+def collect(
+    peer: PeerTrust,
+    fetch: Fetch,
+    now: datetime,
+    workers: int = FETCH_WORKERS,
+    clock: Callable[[], datetime] = utcnow,
+) -> Collected:
+    """Fetch and verify everything the peer publishes; raises :class:`SyncRefused`.
+
+    Each app's documents are checked against ``clock()`` when they arrive, not against ``now``:
+    ten thousand statements take minutes, and the peer signs each one when it is asked.
+    """
     try:
         configuration, anchored = _trusted_configuration(peer, fetch, now)
         facts = configuration.metadata.get(BROKER_ENTITY_TYPE)
@@ -350,7 +360,12 @@ def collect(peer: PeerTrust, fetch: Fetch, now: datetime, workers: int = FETCH_W
         entity_id, client_id = item
         try:
             return _app_documents(
-                entity_id, client_id, configuration=configuration, mark_type=mark_type, fetch=fetch, now=now
+                entity_id,
+                client_id,
+                configuration=configuration,
+                mark_type=mark_type,
+                fetch=fetch,
+                now=clock(),
             )
         except FederationRefused as exc:
             return AppRefusal(entity_id, client_id, exc.reason.value, exc.detail)
