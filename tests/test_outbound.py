@@ -134,9 +134,7 @@ def test_a_public_https_document_is_fetched_pinned_with_the_name_kept(
     assert not {"authorization", "cookie", "proxy-authorization"} & set(headers)
 
 
-def test_idna_host_names_are_resolved_in_ascii(
-    server: Server, policy: OutboundPolicy, resolver: FakeResolver
-) -> None:
+def test_idna_host_names_are_resolved_in_ascii(server: Server, policy: OutboundPolicy, resolver: FakeResolver) -> None:
     assert fetch_json(f"https://bücher.app.example:{server.port}/doc.json", kind=DOCUMENT, policy=policy)
     assert resolver.calls == ["xn--bcher-kva.app.example"]
     assert server.sni == ["xn--bcher-kva.app.example"]
@@ -191,11 +189,7 @@ def test_urls_outside_s1_are_refused_before_any_lookup(url: str, reason: str, re
 
 
 def test_an_allowed_port_setting_opens_that_port_only(tmp_path: Path) -> None:
-    base = {
-        "BROKER_SECRET_KEY": "x" * 32,
-        "BROKER_ISSUER": "https://broker.example",
-        "BROKER_KEY_DIR": str(tmp_path),
-    }
+    base = {"BROKER_SECRET_KEY": "x" * 32, "BROKER_ISSUER": "https://broker.example", "BROKER_KEY_DIR": str(tmp_path)}
     settings = Settings.from_env({**base, "BROKER_OUTBOUND_ALLOWED_PORTS": "443, 8443"})
     assert settings.outbound_allowed_ports == frozenset({443, 8443})
     assert Settings.from_env(base).outbound_allowed_ports == frozenset({443})
@@ -251,9 +245,7 @@ REFUSED_ADDRESSES = [
 def test_a_name_resolving_to_a_special_address_is_refused_without_connecting(
     address: str, server: Server, policy: OutboundPolicy
 ) -> None:
-    policy = replace(
-        policy, resolver=FakeResolver({"keys.app.example": [address]}), public_stand_ins=frozenset()
-    )
+    policy = replace(policy, resolver=FakeResolver({"keys.app.example": [address]}), public_stand_ins=frozenset())
     reason = refusal(f"https://keys.app.example:{server.port}/jwks.json", policy, kind=JWKS).reason
     assert "refused address" in reason
     assert server.requests == [] and server.sni == []
@@ -279,9 +271,7 @@ def test_address_rules_name_the_embedded_ipv4_and_accept_global_addresses() -> N
 
 
 def test_a_dns_failure_is_the_same_generic_refusal(server: Server, policy: OutboundPolicy) -> None:
-    assert (
-        "Name or service not known" in refusal(f"https://nowhere.app.example:{server.port}/", policy).reason
-    )
+    assert "Name or service not known" in refusal(f"https://nowhere.app.example:{server.port}/", policy).reason
 
 
 def test_dns_rebinding_between_two_connections_is_refused(server: Server, policy: OutboundPolicy) -> None:
@@ -339,9 +329,7 @@ def test_jwks_refuse_cross_origin_redirects(server: Server, policy: OutboundPoli
     server.routes["/same"] = redirect("/jwks.json")
     url = f"https://keys.app.example:{server.port}/moved"
     assert "cross-origin" in refusal(url, policy, kind=JWKS, same_origin=True).reason
-    assert fetch_json(
-        f"https://keys.app.example:{server.port}/same", kind=JWKS, policy=policy, same_origin=True
-    )
+    assert fetch_json(f"https://keys.app.example:{server.port}/same", kind=JWKS, policy=policy, same_origin=True)
     assert fetch_json(url, kind=JWKS, policy=policy)  # documents may move across origins
     with pytest.raises(OutboundRefused):
         JwksCache(policy).get(url, "k1")  # the cache asks for same-origin
@@ -354,9 +342,7 @@ def test_a_gzip_bomb_is_stopped_at_the_cap_on_decoded_bytes(server: Server, poli
     bomb = gzip.compress(b'{"a": "' + b"0" * (20 * 1024 * 1024) + b'"}')
     assert len(bomb) < 64 * 1024  # small on the wire, 20 MiB once inflated
     server.routes["/bomb"] = lambda h: answer(h, bomb, headers={"Content-Encoding": "gzip"})
-    server.routes["/small"] = lambda h: answer(
-        h, gzip.compress(b'{"ok": true}'), headers={"Content-Encoding": "gzip"}
-    )
+    server.routes["/small"] = lambda h: answer(h, gzip.compress(b'{"ok": true}'), headers={"Content-Encoding": "gzip"})
     base = f"https://docs.app.example:{server.port}"
     assert "over the 65536-byte cap" in refusal(f"{base}/bomb", policy, kind=JWKS).reason
     assert fetch_json(f"{base}/small", kind=DOCUMENT, policy=policy) == {"ok": True}
@@ -413,15 +399,11 @@ def test_silence_after_connecting_is_cut_at_the_deadline(server: Server, policy:
 @pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream", "", "application/jsonx"])
 def test_a_wrong_content_type_is_refused(server: Server, policy: OutboundPolicy, content_type: str) -> None:
     server.routes["/typed"] = lambda h: answer(h, JWKS_BODY, content_type=content_type)
-    assert (
-        "Content-Type" in refusal(f"https://keys.app.example:{server.port}/typed", policy, kind=JWKS).reason
-    )
+    assert "Content-Type" in refusal(f"https://keys.app.example:{server.port}/typed", policy, kind=JWKS).reason
 
 
 def test_jwks_may_be_served_as_jwk_set_json(server: Server, policy: OutboundPolicy) -> None:
-    server.routes["/set"] = lambda h: answer(
-        h, JWKS_BODY, content_type="application/jwk-set+json; charset=utf-8"
-    )
+    server.routes["/set"] = lambda h: answer(h, JWKS_BODY, content_type="application/jwk-set+json; charset=utf-8")
     assert fetch_json(f"https://keys.app.example:{server.port}/set", kind=JWKS, policy=policy) == JWKS_BODY
 
 
@@ -437,9 +419,7 @@ def test_jwks_may_be_served_as_jwk_set_json(server: Server, policy: OutboundPoli
         (b"{", "JSON"),
     ],
 )
-def test_json_is_strict_and_shallow(
-    server: Server, policy: OutboundPolicy, body: bytes, reason: str | None
-) -> None:
+def test_json_is_strict_and_shallow(server: Server, policy: OutboundPolicy, body: bytes, reason: str | None) -> None:
     server.routes["/doc"] = lambda h: answer(h, body)
     url = f"https://docs.app.example:{server.port}/doc"
     if reason is None:
@@ -453,10 +433,7 @@ def test_an_error_status_and_an_untrusted_certificate_are_the_same_refusal(
 ) -> None:
     assert "status 404" in refusal(f"https://docs.app.example:{server.port}/missing", policy).reason
     untrusted = replace(policy, ssl_context=OutboundPolicy().ssl_context)
-    assert (
-        "CERTIFICATE_VERIFY_FAILED"
-        in refusal(f"https://docs.app.example:{server.port}/doc.json", untrusted).reason
-    )
+    assert "CERTIFICATE_VERIFY_FAILED" in refusal(f"https://docs.app.example:{server.port}/doc.json", untrusted).reason
 
 
 def test_fetch_bytes_returns_a_jwt_for_federation_kinds(server: Server, policy: OutboundPolicy) -> None:
@@ -474,23 +451,18 @@ def test_a_form_is_posted_under_the_same_rules_and_a_redirect_to_it_is_refused(
 
     def status(handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length", "0"))
-        received.append(
-            (handler.command, handler.headers.get("Content-Type", ""), handler.rfile.read(length))
-        )
+        received.append((handler.command, handler.headers.get("Content-Type", ""), handler.rfile.read(length)))
         answer(handler, b"eyJ.e30.sig", content_type="application/entity-statement+jwt")
 
     server.routes["/status"] = status
     server.routes["/moved"] = redirect("/status", 307)
     base = f"https://docs.app.example:{server.port}"
-    body = fetch_bytes(
-        f"{base}/status", kind=broker.outbound.ENTITY_STATEMENT, policy=policy, form={"trust_mark": "a.b.c"}
-    )
+    kind = broker.outbound.ENTITY_STATEMENT
+    body = fetch_bytes(f"{base}/status", kind=kind, policy=policy, form={"trust_mark": "a.b.c"})
     assert body == b"eyJ.e30.sig"
     assert received == [("POST", "application/x-www-form-urlencoded", b"trust_mark=a.b.c")]
     with pytest.raises(OutboundRefused) as refused:
-        fetch_bytes(
-            f"{base}/moved", kind=broker.outbound.ENTITY_STATEMENT, policy=policy, form={"trust_mark": "x"}
-        )
+        fetch_bytes(f"{base}/moved", kind=kind, policy=policy, form={"trust_mark": "x"})
     assert "in answer to a form" in refused.value.reason
     assert len(received) == 1  # the redirect was not followed
 
@@ -560,9 +532,7 @@ def test_the_jwks_cache_remembers_a_failure_for_the_refetch_interval(
     assert cache.get(url, "k1") == JWKS_BODY
 
 
-def test_the_jwks_cache_refuses_a_document_that_is_not_a_key_set(
-    server: Server, policy: OutboundPolicy
-) -> None:
+def test_the_jwks_cache_refuses_a_document_that_is_not_a_key_set(server: Server, policy: OutboundPolicy) -> None:
     server.routes["/nokeys"] = lambda h: answer(h, {"keys": "none"})
     server.routes["/many"] = lambda h: answer(h, {"keys": [{"kid": str(i)} for i in range(51)]})
     cache = JwksCache(policy)
