@@ -32,21 +32,18 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 from broker_sdk import AppClient, AppSuspended, IssuerResolver, federated_verifier
 from broker_sdk.errors import OAuthError
 from jwcrypto import jwk
 
 from broker.catalog import service as catalog
 from broker.charter import load_charter
-from broker.consent.patients.service import create_local_account
-from broker.consent.service import link_patient
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from tests.catalog.test_enforcement import V2
 from tests.conftest import PG_ENV, backends
 from tests.consent.test_oauth_flow import PASSWORD, consent, log_in
 from tests.e2e.stack import ROOT, Database, free_port
-from tests.factories import app_registration, holder_declaration
+from tests.factories import app_registration, holder_declaration, linked_patient
 
 EMAIL = "gaelle@example.org"
 REDIRECT_URI = "http://127.0.0.1:9/callback"  # never contacted: the test reads the 303
@@ -187,16 +184,7 @@ def seed_b(broker: BrokerProcess) -> None:
             now=now,
         )
         catalog.approve_holder(session, identifier="labo-test", operator="test", now=now)
-        patient = create_local_account(
-            session,
-            email=EMAIL,
-            display_name="Gaëlle",
-            password_hash=PasswordHasher().hash(PASSWORD),
-            language="fr",
-            now=now,
-        )
-        assert patient is not None
-        link_patient(session, patient_id=patient.id, holder_id="labo-test", now=now)
+        linked_patient(session, email=EMAIL, password=PASSWORD, holders=["labo-test"], now=now)
 
 
 def patient_consents(issuer: str, authorization_url: str) -> str:
