@@ -229,6 +229,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 fetch=guarded_fetch(outbound),
                 dev_mode=settings.dev_mode,
                 clock=utcnow,
+                interval=settings.federation_sync_interval,
             )
         ),
         settings.federation_sync_interval,

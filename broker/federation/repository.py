@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from broker.catalog.models import App, Holder
@@ -60,3 +61,19 @@ def origins(session: Session, client_ids: Sequence[str]) -> dict[str, str]:
         select(ImportedApp.client_id, ImportedApp.peer_id).where(ImportedApp.client_id.in_(list(client_ids)))
     )
     return {client_id: peer_id for client_id, peer_id in rows}
+
+
+def claim_peer(session: Session, peer_id: str, *, now: datetime, not_after: datetime) -> bool:
+    """Mark a synchronisation with ``peer_id`` as started, unless one started after ``not_after``.
+
+    One conditional UPDATE: of several processes claiming at once, one changes the row.
+    """
+    result = session.execute(
+        update(FederationPeer)
+        .where(
+            FederationPeer.entity_id == peer_id,
+            or_(FederationPeer.last_sync_at.is_(None), FederationPeer.last_sync_at <= not_after),
+        )
+        .values(last_sync_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)

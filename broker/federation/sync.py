@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -553,10 +553,24 @@ def synchronise_all(
     fetch: Fetch,
     dev_mode: bool,
     clock: Callable[[], datetime],
+    interval: float = 0,
 ) -> list[SyncReport]:
-    """One round over every trusted peer (the server's periodic synchroniser, ``sync`` without a peer)."""
+    """One round over every trusted peer (the server's periodic synchroniser).
+
+    With ``interval``, a peer is synchronised only if no process started a synchronisation
+    with it in the last half period: the broker's worker processes share the work instead of
+    importing the same apps at once.
+    """
     reports = []
     for peer_id in peer_ids(factory):
+        if interval > 0:
+            now = clock()
+            with transaction(factory) as session:
+                claimed = repository.claim_peer(
+                    session, peer_id, now=now, not_after=now - timedelta(seconds=interval / 2)
+                )
+            if not claimed:
+                continue
         report = synchronise(
             factory, peer_id=peer_id, charter_of=charter_of, fetch=fetch, dev_mode=dev_mode, now=clock()
         )

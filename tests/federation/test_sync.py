@@ -505,3 +505,27 @@ def test_the_same_peer_twice_is_a_conflict(settings: Settings, peer: Peer) -> No
     trust(settings, peer.issuer, peer.jwks())
     with pytest.raises(Conflict):
         trust(settings, peer.issuer, peer.jwks())
+
+
+def test_worker_processes_share_the_periodic_synchronisation(settings: Settings, peer: Peer) -> None:
+    from broker.federation.sync import synchronise_all
+
+    client_id = peer.register()
+    trust(settings, peer.issuer, peer.jwks())
+    factory = _factory(settings)
+
+    def round_of(interval: float) -> list[SyncReport]:
+        return synchronise_all(
+            factory,
+            charter_of=CharterInForce(None).current,
+            fetch=guarded_fetch(POLICY),
+            dev_mode=True,
+            clock=utcnow,
+            interval=interval,
+        )
+
+    first = round_of(300)
+    assert [r.imported for r in first] == [[client_id]]
+    assert round_of(300) == []  # another process started one less than half a period ago
+    assert [r.unchanged for r in round_of(0)] == [1]  # on demand: always
+    factory.kw["bind"].dispose()
