@@ -13,8 +13,12 @@ from broker.federation.models import FederationPeer, ImportedApp
 
 
 def app_ids(session: Session, statuses: Sequence[str]) -> Sequence[str]:
+    """The apps registered here (imported ones are their origin's to vouch for)."""
+    imported = select(ImportedApp.client_id)
     return session.scalars(
-        select(App.client_id).where(App.status.in_(statuses)).order_by(App.client_id)
+        select(App.client_id)
+        .where(App.status.in_(statuses), App.client_id.not_in(imported))
+        .order_by(App.client_id)
     ).all()
 
 
@@ -25,6 +29,9 @@ def holder_ids(session: Session, statuses: Sequence[str]) -> Sequence[str]:
 
 
 def get_app(session: Session, client_id: str) -> App | None:
+    """An app registered here; ``None`` for an imported one (its origin speaks for it)."""
+    if session.get(ImportedApp, client_id) is not None:
+        return None
     return session.get(App, client_id)
 
 

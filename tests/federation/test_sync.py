@@ -149,6 +149,10 @@ def test_import_keep_in_step_and_suspend(settings: Settings, peer: Peer) -> None
         assert f"Inscrite auprès de {origin}, un service partenaire qui l" in page
         english = local.get(f"/catalog/{client_id}", headers={"Accept-Language": "en"}).text
         assert f"Registered at {origin}, a partner service that checked it first" in english
+        # This broker does not vouch for what it imported: its origin does.
+        assert local.get("/federation/list").json() == [peer.issuer]
+        imported_here = f"{settings.issuer}/apps/{client_id}"
+        assert local.get("/federation/fetch", params={"sub": imported_here}).status_code == 404
 
     peer.set_status(client_id, "suspended")  # e.g. a charter re-check at the origin
     report = sync(settings, peer.issuer)
