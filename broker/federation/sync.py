@@ -423,7 +423,14 @@ def apply(
     for remote in collected.apps:
         row = rows.get(remote.client_id)
         app = session.get(App, remote.client_id)
-        if app is not None and row is None:
+        # An app with this client_id that is not this peer's: registered here, deleted here, or
+        # imported from another peer. One left by a peer removed since (imported: no
+        # registration token, no origin row) is taken back.
+        if app is not None and row is None and (
+            app.registration_token_hash is not None
+            or app.status == "deleted"
+            or repository.origin_of(session, remote.client_id) is not None
+        ):
             report.refused.append(
                 AppRefusal(
                     remote.entity_id,

@@ -217,6 +217,11 @@ def test_removing_a_peer_suspends_its_apps(settings: Settings, peer: Peer) -> No
     factory.kw["bind"].dispose()
     assert suspended == [client_id]
     assert local_app(settings, client_id) == ("suspended", None)
+    # trusted again: the app is taken back, not refused as someone else's
+    trust(settings, peer.issuer, peer.jwks())
+    report = sync(settings, peer.issuer)
+    assert report.imported == [client_id] and report.refused == []
+    assert local_app(settings, client_id) == ("approved", "approved")
 
 
 # -- forged and stale documents -----------------------------------------------------------------

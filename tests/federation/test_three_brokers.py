@@ -286,3 +286,11 @@ def test_an_app_registered_once_reaches_the_patients_of_a_federated_broker(
     with pytest.raises(OAuthError):
         app_at_b.refresh(grant)
     app_at_b.close()
+
+    # The operator's view: a chain that does not verify exits 1; removing the peer keeps the row.
+    unknown = b.cli("federation", "chain", f"{a.issuer}/apps/app_unknown", ok=False)
+    assert unknown.returncode == 1 and json.loads(unknown.stdout)["valid"] is False
+    removed = json.loads(b.cli("federation", "peer", "remove", a.issuer).stdout)
+    assert removed == {"removed": a.issuer, "suspended_apps": []}  # suspended already
+    assert json.loads(b.cli("federation", "peer", "list").stdout) == []
+    assert httpx.get(f"{b.issuer}/catalog/{client_id}").status_code == 404
