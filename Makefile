@@ -49,6 +49,7 @@ bench: $(STAMP)
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/tokens.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/ops.py
+	$(BIN)/python bench/federation.py
 	BROKER_TEST_DATABASE_URL=$${BROKER_TEST_DATABASE_URL:-$(PG_URL)} $(BIN)/python bench/audit.py
 
 clean:

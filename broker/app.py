@@ -32,10 +32,11 @@ from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
 from broker.consent.patients.rendering import render_page
 from broker.consent.routes import oauth_routes
-from broker.db import make_engine, make_session_factory, transaction
+from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
+from broker.federation.sync import guarded_fetch, synchronise_all
 from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
 from broker.ops.health import health_routes
@@ -43,6 +44,7 @@ from broker.ops.limits import RateLimits
 from broker.ops.metrics import process_stopped
 from broker.ops.observe import ObservedRequests
 from broker.ops.shutdown import Draining
+from broker.outbound import OutboundPolicy
 from broker.settings import Settings
 from broker.web.i18n import STATIC
 
@@ -224,6 +226,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return placed
 
     sequencer = BackgroundSequencer(audit_tick, settings.audit_interval)
+    # Every trusted peer, at start and then each period: suspensions at the origin reach
+    # this catalog within one period.
+    charters = state.charters
+    outbound = OutboundPolicy.from_settings(settings)
+    federation_sync = BackgroundSequencer(
+        lambda: len(
+            synchronise_all(
+                session_factory,
+                charter_of=charters.current,
+                fetch=guarded_fetch(outbound),
+                dev_mode=settings.dev_mode,
+                clock=utcnow,
+                interval=settings.federation_sync_interval,
+            )
+        ),
+        settings.federation_sync_interval,
+        name="federation synchroniser",
+    )
 
     if settings.demo:
         from broker.demo import seed_demo
@@ -263,8 +283,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         before_send=[add_security_headers],
         before_request=RateLimits(settings, page=too_many_requests_page),
-        on_startup=[draining.install, sequencer.start],
-        on_shutdown=[draining.begin, sequencer.stop, on_shutdown, process_stopped],
+        on_startup=[draining.install, sequencer.start, federation_sync.start],
+        on_shutdown=[draining.begin, federation_sync.stop, sequencer.stop, on_shutdown, process_stopped],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",

@@ -1,4 +1,5 @@
-"""The ``broker`` command: serve, migrate, keys, holders, operator, charter, reviews, audit, demo."""
+"""The ``broker`` command: serve, migrate, keys, holders, operator, charter, reviews, audit,
+federation, demo."""
 
 from __future__ import annotations
 
@@ -251,6 +252,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{placed} events placed in the audit log")
         return 0
     if args.action == "checkpoint":
+
         def latest(session: Session) -> Any:
             found = latest_checkpoint(session)
             return checkpoint_json(found) if found is not None else None
@@ -279,6 +281,75 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     print(f"audit log DAMAGED at {report.problem}", file=sys.stderr)
     _print_json(report.to_json())
     return 1
+
+
+def cmd_federation(settings: Settings, args: argparse.Namespace) -> int:
+    """Trusted peers, trust chains and synchronisation (OpenID Federation 1.0, issue 8)."""
+    from broker.catalog.enforcement import CharterInForce
+    from broker.db import make_engine, make_session_factory, utcnow
+    from broker.federation import peers, sync
+    from broker.outbound import OutboundPolicy
+
+    fetch = sync.guarded_fetch(OutboundPolicy.from_settings(settings))
+    if args.action == "sync":
+        engine = make_engine(settings.database_url)
+        try:
+            factory = make_session_factory(engine)
+            charters = CharterInForce(settings.charter_version)
+            ids = [args.peer] if args.peer else list(sync.peer_ids(factory))
+            reports = [
+                sync.synchronise(
+                    factory,
+                    peer_id=peer_id,
+                    charter_of=charters.current,
+                    fetch=fetch,
+                    dev_mode=settings.dev_mode,
+                    now=utcnow(),
+                )
+                for peer_id in ids
+            ]
+        except LookupError as exc:
+            print(f"broker: {exc.args[0]}", file=sys.stderr)
+            return 1
+        finally:
+            engine.dispose()
+        _print_json([r.to_json() for r in reports])
+        return 0 if all(r.ok for r in reports) else 1
+    if args.action == "chain":
+        report = _with_session(
+            settings,
+            lambda s: peers.trust_chain(
+                s, entity_id=args.entity_id, issuer=settings.issuer, fetch=fetch, now=utcnow()
+            ),
+        )
+        _print_json(report.to_json())
+        return 0 if report.valid else 1
+    if args.peer_action == "add":
+
+        def add(session: Session) -> Any:
+            peer = peers.add_peer(
+                session,
+                entity_id=args.entity_id,
+                jwks=_read_json(args.jwks) if args.jwks else None,
+                trust_anchor=args.trust_anchor,
+                trust_anchor_jwks=_read_json(args.anchor_jwks) if args.anchor_jwks else None,
+                import_apps=not args.no_import,
+                operator=args.operator,
+                dev_mode=settings.dev_mode,
+                fetch=fetch,
+                now=utcnow(),
+            )
+            return peers.peer_json(session, peer)
+
+        _print_json(_with_session(settings, add))
+    elif args.peer_action == "remove":
+        suspended = _with_session(
+            settings, lambda s: peers.remove_peer(s, entity_id=args.entity_id, now=utcnow())
+        )
+        _print_json({"removed": args.entity_id, "suspended_apps": suspended})
+    else:
+        _print_json(_with_session(settings, peers.list_peers))
+    return 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -348,6 +419,28 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log: verify, checkpoint, sequence")
     audit.add_argument("action", choices=["verify", "checkpoint", "sequence"])
     audit.set_defaults(func=cmd_audit)
+
+    federation = sub.add_parser("federation", help="trusted peer brokers: peer, chain, sync")
+    federation_sub = federation.add_subparsers(dest="action", required=True)
+    peer = federation_sub.add_parser("peer", help="trusted peers: add, remove, list")
+    peer_sub = peer.add_subparsers(dest="peer_action", required=True)
+    peer_add = peer_sub.add_parser("add", help="trust a peer, its keys pinned or vouched for by an anchor")
+    peer_add.add_argument("entity_id", help="the peer's entity id (its issuer URL)")
+    peer_add.add_argument("--jwks", help="the peer's JWKS to pin (a JSON file, - for stdin)")
+    peer_add.add_argument("--trust-anchor", help="the entity id of a trust anchor above the peer")
+    peer_add.add_argument("--anchor-jwks", help="the trust anchor's JWKS to pin (a JSON file)")
+    peer_add.add_argument(
+        "--no-import", action="store_true", help="vouch for the peer as its anchor, import none of its apps"
+    )
+    peer_add.add_argument("--operator", default="cli")
+    peer_remove = peer_sub.add_parser("remove", help="stop trusting a peer; its apps are suspended here")
+    peer_remove.add_argument("entity_id")
+    peer_sub.add_parser("list", help="trusted peers and their last synchronisation")
+    chain = federation_sub.add_parser("chain", help="the trust chain of an app, a holder or a broker")
+    chain.add_argument("entity_id")
+    sync = federation_sub.add_parser("sync", help="synchronise now with one peer, or with all")
+    sync.add_argument("peer", nargs="?")
+    federation.set_defaults(func=cmd_federation)
 
     sub.add_parser("demo", help="seed the demo holder and app").set_defaults(func=cmd_demo)
     return parser

@@ -7,6 +7,7 @@ from broker.consent import models as consent_models
 from broker.consent.caregivers import models as caregiver_models
 from broker.consent.patients import models as patient_models
 from broker.db import Base
+from broker.federation import models as federation_models
 
 metadata = Base.metadata
 
@@ -16,6 +17,7 @@ __all__ = [
     "catalog_models",
     "consent_models",
     "download_models",
+    "federation_models",
     "metadata",
     "patient_models",
 ]

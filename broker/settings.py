@@ -194,6 +194,10 @@ class Settings:
     #: BROKER_METRICS_TOKEN — the bearer secret that ``/metrics`` asks for. Without it the
     #: metrics are served in development mode only; in production ``/metrics`` answers 404.
     metrics_token: str | None = field(default=None, repr=False)
+    #: BROKER_FEDERATION_SYNC_INTERVAL — seconds between two synchronisations with every
+    #: trusted peer in each broker process; an app suspended at its origin is suspended here
+    #: within this period. 0: only on demand (``broker federation sync``).
+    federation_sync_interval: int = 300
 
     @property
     def oidc_enabled(self) -> bool:
@@ -289,6 +293,7 @@ class Settings:
             rate_limit_client=_int(env, "BROKER_RATE_LIMIT_CLIENT", cls.rate_limit_client, 0, 10**6),
             rate_limit_patient=_int(env, "BROKER_RATE_LIMIT_PATIENT", cls.rate_limit_patient, 0, 10**6),
             metrics_token=_metrics_token(env, "BROKER_METRICS_TOKEN"),
+            federation_sync_interval=_int(env, "BROKER_FEDERATION_SYNC_INTERVAL", 300, 0, 7 * 86400),
         )
 
 

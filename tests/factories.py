@@ -68,3 +68,24 @@ def seed_two_holders(session: Any, charter: Any, now: Any) -> dict[str, str]:
     for identifier in TWO_HOLDERS:
         service.approve_holder(session, identifier=identifier, operator="test", now=now)
     return dict(TWO_HOLDERS)
+
+
+def linked_patient(session: Any, *, email: str, password: str, holders: list[str], now: Any) -> str:
+    """A local patient account (French, display name Gaëlle) linked to ``holders``; its id."""
+    from argon2 import PasswordHasher
+
+    from broker.consent.patients.service import create_local_account
+    from broker.consent.service import link_patient
+
+    patient = create_local_account(
+        session,
+        email=email,
+        display_name="Gaëlle",
+        password_hash=PasswordHasher().hash(password),
+        language="fr",
+        now=now,
+    )
+    assert patient is not None
+    for identifier in holders:
+        link_patient(session, patient_id=patient.id, holder_id=identifier, now=now)
+    return str(patient.id)

@@ -444,6 +444,29 @@ def test_fetch_bytes_returns_a_jwt_for_federation_kinds(server: Server, policy: 
     assert fetch_bytes(url, kind=broker.outbound.ENTITY_STATEMENT, policy=policy).startswith(b"eyJ")
 
 
+def test_a_form_is_posted_under_the_same_rules_and_a_redirect_to_it_is_refused(
+    server: Server, policy: OutboundPolicy
+) -> None:
+    received: list[tuple[str, str, bytes]] = []
+
+    def status(handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length", "0"))
+        received.append((handler.command, handler.headers.get("Content-Type", ""), handler.rfile.read(length)))
+        answer(handler, b"eyJ.e30.sig", content_type="application/entity-statement+jwt")
+
+    server.routes["/status"] = status
+    server.routes["/moved"] = redirect("/status", 307)
+    base = f"https://docs.app.example:{server.port}"
+    kind = broker.outbound.ENTITY_STATEMENT
+    body = fetch_bytes(f"{base}/status", kind=kind, policy=policy, form={"trust_mark": "a.b.c"})
+    assert body == b"eyJ.e30.sig"
+    assert received == [("POST", "application/x-www-form-urlencoded", b"trust_mark=a.b.c")]
+    with pytest.raises(OutboundRefused) as refused:
+        fetch_bytes(f"{base}/moved", kind=kind, policy=policy, form={"trust_mark": "x"})
+    assert "in answer to a form" in refused.value.reason
+    assert len(received) == 1  # the redirect was not followed
+
+
 # -- S6: one message outside, the reason in the log ---------------------------------------------
 
 

@@ -186,9 +186,10 @@ def sequence(
 class BackgroundSequencer:
     """Runs ``sequence`` every ``interval`` seconds while the app lives (its lifespan)."""
 
-    def __init__(self, run: Callable[[], int], interval: float) -> None:
+    def __init__(self, run: Callable[[], int], interval: float, name: str = "audit sequencer") -> None:
         self._run = run
         self.interval = interval
+        self.name = name  # other periodic work runs the same way (the federation's synchroniser)
         self._task: asyncio.Task[None] | None = None
 
     async def _loop(self) -> None:
@@ -196,7 +197,7 @@ class BackgroundSequencer:
             try:
                 await to_thread.run_sync(self._run)
             except Exception:  # logged; the next tick tries again
-                log.exception("audit sequencer run failed")
+                log.exception("%s run failed", self.name)
             await asyncio.sleep(self.interval)
 
     async def start(self) -> None:

@@ -128,7 +128,11 @@ def apply_charter(
             outcome["approved"] += 1
             continue
         was = app.status
-        if verdict.status == "approved":
+        if verdict.status == "approved" and was == "suspended" and app.registration_token_hash is None:
+            # An app managed at a peer broker (imported: no registration token here) may have
+            # been suspended by its origin: only the next synchronisation may restore it.
+            status = "suspended"
+        elif verdict.status == "approved":
             status = "approved"
             if was == "suspended":
                 restored.append(app.client_id)

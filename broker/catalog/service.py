@@ -274,6 +274,45 @@ def update_app(
     return Registered(app, token)
 
 
+def import_app(
+    session: Session,
+    *,
+    client_id: str,
+    body: Any,
+    charter: Charter,
+    dev_mode: bool,
+    now: datetime,
+    actor: str,
+    app: App | None = None,
+) -> App:
+    """An app registered at a peer broker, put in (or refreshed in) this catalog.
+
+    The metadata (as the peer's signed statement gives it, without people's contacts) is
+    validated and checked against *this* broker's charter: the app's status here is this
+    broker's own verdict. No registration access token: the app is managed at its origin, and
+    RFC 7592 calls here answer as for an unknown token.
+    """
+    reg = validate_client_registration(body, charter, dev_mode=dev_mode)
+    digest = manifest_digest(reg.metadata)
+    _check_name_free(session, fold(reg.client_name), client_id)
+    verdict = _checked(reg.metadata, charter, dev_mode)
+    previous = None if app is None else app.status
+    if app is None:
+        app = App(client_id=client_id, registration_token_hash=None, created_at=now)
+        session.add(app)
+    _fill(app, reg, charter)
+    app.manifest_sha256 = digest
+    app.status = verdict.status
+    app.updated_at = now
+    _flush_guarding_name(session)
+    apply_verdict(session, app, verdict, digest, now)
+    tag = EventTag.APP_REGISTERED if previous is None else EventTag.APP_UPDATED
+    if previous == "suspended" and app.status == "approved":
+        tag = EventTag.APP_RESTORED
+    log_app_event(session, tag, app, actor, now)
+    return app
+
+
 def delete_app(session: Session, *, app: App, now: datetime) -> None:
     """RFC 7592 §2.3: the app is deregistered; its row stays, marked, for the record."""
     app.status = "deleted"

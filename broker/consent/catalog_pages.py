@@ -27,6 +27,7 @@ from broker.consent.patients import PAGE_EXCEPTION_HANDLERS, patient_from_reques
 from broker.consent.patients.rendering import page_language
 from broker.consent.service import active_links
 from broker.errors import BrokerError, NotFound
+from broker.federation.repository import origins
 from broker.http import in_transaction
 
 PAGE_SIZE = 20
@@ -172,6 +173,7 @@ def catalog_context(
         page = {"items": apps, "next_cursor": None}
 
     results = []
+    registered_at = origins(session, [item["client_id"] for item in page["items"]])
     for item in page["items"]:
         feeding = repository.holders_serving(session, item["categories"])
         results.append(
@@ -187,6 +189,7 @@ def catalog_context(
                     if c in charter.categories
                 ],
                 "holders": [{"name": h.legal_name, "linked": h.identifier in linked} for h in feeding],
+                "origin": origin_label(registered_at.get(item["client_id"])),
             }
         )
     kept = {"q": q, "need": need, "category": category, "funding": funding.id if funding else None}
@@ -241,6 +244,13 @@ def _articles(facts: dict[str, Any], charter: Charter, language: str) -> list[di
         {"id": aid, "title": article.title(language), "findings": findings.get(aid, [])}
         for aid, article in charter.articles.items()
     ]
+
+
+def origin_label(entity_id: str | None) -> str | None:
+    """The partner broker an imported app was registered at, by its host name (issue 8)."""
+    if entity_id is None:
+        return None
+    return urlsplit(entity_id).netloc or entity_id
 
 
 def link_target(value: Any) -> str | None:
@@ -316,6 +326,7 @@ def app_context(
         "policy_href": link_target(facts.get("policy_uri")),
         "holders": [{"name": h["legal_name"], "linked": h["identifier"] in linked} for h in facts["holders"]],
         "usage": _usage(public_indicators(session), client_id),
+        "origin": origin_label(origins(session, [client_id]).get(client_id)),
     }
 
 

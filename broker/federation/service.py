@@ -311,6 +311,12 @@ def subordinate_statement(session: Session, fed: Federation, *, sub: str, charte
         holder = repository.get_holder(session, entity[1])
         if holder is not None and holder.status in PUBLISHED_HOLDER_STATUSES:
             body = _holder_statement(holder)
+    else:
+        # A broker this one trusts with its keys pinned: as its superior (a trust anchor),
+        # this broker vouches for those keys (§3.1), which is what lets the peer roll over.
+        peer = repository.get_peer(session, sub)
+        if peer is not None:
+            body = {"jwks": peer.jwks, "metadata": {"federation_entity": federation_entity_metadata(sub)}}
     if body is None:
         raise NotFound(f"no subordinate entity {sub!r} at this broker", error="not_found")
     claims = {
@@ -341,6 +347,8 @@ def subordinate_ids(
             return []
         want_holders = False
     ids: list[str] = []
+    if entity_type in (None, "federation_entity") and trust_mark_type is None:
+        ids += list(repository.peer_ids(session))
     if want_apps:
         ids += [app_entity_id(issuer, c) for c in repository.app_ids(session, LISTED_STATUSES)]
     if want_holders:

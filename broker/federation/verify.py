@@ -103,6 +103,7 @@ class Refusal(StrEnum):
     CHAIN_BROKEN = "chain_broken"  # statement j is not about statement j+1's issuer
     CHAIN_NOT_ANCHORED = "chain_not_anchored"  # the chain does not end at the trust anchor
     KEY_ROLLOVER_UNSIGNED = "key_rollover_unsigned"  # new keys not vouched for by the old ones
+    PEER_UNREACHABLE = "peer_unreachable"  # the fetch failed or was refused by the outbound guard
 
 
 class FederationRefused(Exception):

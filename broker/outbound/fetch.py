@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -108,7 +109,13 @@ def _read_body(response: httpx.Response, cap: int, deadline_at: float) -> bytes:
     return bytes(body)
 
 
-def _get(url: str, kind: FetchKind, policy: OutboundPolicy, same_origin: bool) -> bytes:
+def _get(
+    url: str,
+    kind: FetchKind,
+    policy: OutboundPolicy,
+    same_origin: bool,
+    form: Mapping[str, str] | None = None,
+) -> bytes:
     deadline_at = time.monotonic() + policy.deadline
     first = target = _target(url, policy)
     timeout = httpx.Timeout(
@@ -128,8 +135,11 @@ def _get(url: str, kind: FetchKind, policy: OutboundPolicy, same_origin: bool) -
         timeout=timeout,
     ) as client:
         for hop in range(MAX_REDIRECTS + 1):
-            with client.stream("GET", target.url) as response:
+            method = "GET" if form is None else "POST"
+            with client.stream(method, target.url, data=form) as response:
                 if response.status_code in _REDIRECT_STATUSES:
+                    if form is not None:
+                        raise OutboundRefused(f"redirect {response.status_code} in answer to a form")
                     location = response.headers.get("location")
                     if not location:
                         raise OutboundRefused(f"redirect {response.status_code} without Location")
@@ -153,11 +163,20 @@ def _get(url: str, kind: FetchKind, policy: OutboundPolicy, same_origin: bool) -
 
 
 def fetch_bytes(
-    url: str, *, kind: FetchKind, policy: OutboundPolicy, same_origin: bool = False
+    url: str,
+    *,
+    kind: FetchKind,
+    policy: OutboundPolicy,
+    same_origin: bool = False,
+    form: Mapping[str, str] | None = None,
 ) -> bytes:
-    """GET ``url`` under S1–S5; the decoded body. Raises ``OutboundRefused`` only (S6)."""
+    """GET ``url`` under S1–S5; the decoded body. Raises ``OutboundRefused`` only (S6).
+
+    With ``form``, a POST of that ``application/x-www-form-urlencoded`` body instead (OpenID
+    Federation's trust mark status endpoint); a redirect in answer to it is refused.
+    """
     try:
-        return _get(url, kind, policy, same_origin)
+        return _get(url, kind, policy, same_origin, form)
     except OutboundRefused as exc:
         refused = exc
     except (httpx.HTTPError, httpcore.TimeoutException) as exc:

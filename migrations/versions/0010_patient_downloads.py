@@ -1,7 +1,7 @@
 """patient downloads: holders' download endpoint, one-time download consents
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29 00:10:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import broker.db
 
 revision: str = "0010"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

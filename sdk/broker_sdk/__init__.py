@@ -46,6 +46,7 @@ from broker_sdk.errors import (
     TokenRevoked,
     VerificationError,
 )
+from broker_sdk.federation import IssuerResolver, ResolvedIssuer, federated_verifier
 from broker_sdk.link import (
     LinkRequest,
     LinkRequestError,
@@ -84,6 +85,7 @@ __all__ = [
     "HolderGrant",
     "HolderVerifier",
     "InsufficientScope",
+    "IssuerResolver",
     "LinkRequest",
     "LinkRequestError",
     "MemoryReplayCache",
@@ -92,6 +94,7 @@ __all__ = [
     "ReceiptSender",
     "Registration",
     "ReplayCache",
+    "ResolvedIssuer",
     "TokenExpired",
     "TokenInvalid",
     "TokenRevoked",
@@ -99,6 +102,7 @@ __all__ = [
     "VerificationError",
     "VerifiedToken",
     "__version__",
+    "federated_verifier",
     "handle_download",
     "link_response",
     "link_token",

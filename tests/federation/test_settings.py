@@ -27,6 +27,8 @@ def test_defaults_and_values() -> None:
     assert given.federation_trust_marks == ("a.b.c", "d.e.f")
     assert (given.federation_statement_lifetime, given.federation_trust_mark_lifetime) == (3600, 7200)
     assert "a.b.c" not in repr(given)
+    assert default.federation_sync_interval == 300
+    assert Settings.from_env({**BASE, "BROKER_FEDERATION_SYNC_INTERVAL": "0"}).federation_sync_interval == 0
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,7 @@ def test_defaults_and_values() -> None:
         ("BROKER_FEDERATION_AUTHORITY_HINTS", "https://anchor.example/?x=1"),
         ("BROKER_FEDERATION_STATEMENT_LIFETIME", "10"),
         ("BROKER_FEDERATION_TRUST_MARK_LIFETIME", "forever"),
+        ("BROKER_FEDERATION_SYNC_INTERVAL", "-1"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: str) -> None:
