@@ -28,6 +28,7 @@ from broker.charter import load_charter
 from broker.consent.catalog_pages import catalog_pages
 from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
+from broker.consent.push import PushHub
 from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
@@ -186,6 +187,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "session_factory": session_factory,
             "keystore": keystore,
             "charters": CharterInForce(settings.charter_version),
+            # Wakes this process's push streams when any node commits a consent event.
+            "push": PushHub(settings.database_url),
             "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
             "templates": Environment(
                 loader=FileSystemLoader(TEMPLATES),
@@ -247,8 +250,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
-        on_startup=[sequencer.start],
-        on_shutdown=[sequencer.stop, on_shutdown],
+        on_startup=[sequencer.start, state.push.start],
+        on_shutdown=[state.push.stop, sequencer.stop, on_shutdown],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",
