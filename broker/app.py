@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from broker import __version__
@@ -43,6 +44,7 @@ log = logging.getLogger("broker")
 
 TEMPLATES = Path(__file__).parent / "web" / "templates"
 # Endpoints whose errors take the RFC 6749 §5.2 form (``error``, ``error_description``).
+DATABASE_RETRY_AFTER = 1  # seconds, on a 503 while the database is out of reach
 OAUTH_PATHS = ("/register", "/token", "/par", "/revoke", "/introspect")
 
 SECURITY_HEADERS = {
@@ -138,6 +140,28 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
             "status": 500,
             "detail": "an internal error occurred",
         },
+    )
+
+
+def handle_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    """The database is out of reach (restarting, fail-over, network): a clear, retryable 503.
+
+    Nothing was committed by the request that failed so (its transaction rolled back), so
+    the client may send it again after ``Retry-After``. Other database errors are bugs: 500.
+    """
+    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        return handle_unexpected(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    detail = "the broker's database is out of reach for a moment; try again shortly"
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
+    if _is_oauth_path(request.url.path):
+        response = _oauth_response(503, "temporarily_unavailable", detail)
+        response.headers.update(headers)
+        return response
+    return _problem_response(
+        503,
+        {"type": "about:blank", "title": "Temporarily unavailable", "status": 503, "detail": detail},
+        headers,
     )
 
 
@@ -247,6 +271,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={
             BrokerError: handle_broker_error,
             HTTPException: handle_http_exception,
+            DBAPIError: handle_database_error,
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],

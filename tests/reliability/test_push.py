@@ -1,0 +1,182 @@
+"""The push stream across nodes: the cursor, the NOTIFY channel, and two real nodes.
+
+- The stream's cursor never skips an event whose id was taken before a later one committed.
+- The NOTIFY channel is the schema's: a broker in another schema of the same database does
+  not wake this one's streams, its own commits do.
+- Two broker processes (one of them with two workers) on one PostgreSQL: a withdrawal on
+  node A reaches a holder subscribed (SDK) on node B within a second, and so does an app's
+  suspension by a charter re-check and its restoration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from broker.consent.events import GAP_SECONDS, Cursor
+from broker.consent.push import _NOTIFY, PushHub
+from broker.db import make_engine
+from tests.conftest import PG_ENV
+from tests.reliability.harness import Brokers, drop_schema, new_schema
+
+pytestmark = pytest.mark.reliability
+
+
+def test_cursor_waits_for_ids_committed_out_of_order() -> None:
+    cursor = Cursor(10)
+    assert cursor.take([11, 13], now=0.0) == [11, 13]
+    assert cursor.floor == 11  # 12 is in flight: a resumption must ask from 11 on
+    assert cursor.take([13], now=1.0) == []  # read again, not sent again
+    assert cursor.take([12, 13, 14], now=2.0) == [12, 14]
+    assert cursor.floor == 14
+    # An id that never comes (a rolled-back insert) is waited for a while, then given up.
+    assert cursor.take([16], now=3.0) == [16]
+    assert cursor.floor == 14
+    assert cursor.take([16], now=3.0 + GAP_SECONDS) == []
+    assert cursor.floor == 16
+
+
+@pytest.fixture
+def pg_server() -> str:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"needs PostgreSQL ({PG_ENV})")
+    return url
+
+
+def test_notify_channel_is_the_schemas(pg_server: str) -> None:
+    mine, my_url = new_schema(pg_server, "broker_push_a")
+    other, other_url = new_schema(pg_server, "broker_push_b")
+    try:
+
+        async def scenario() -> tuple[bool, bool]:
+            hub = PushHub(my_url)
+            await hub.start()
+            try:
+                assert await asyncio.to_thread(hub.listening.wait, 10)
+                wake = hub.subscribe()
+                await asyncio.sleep(0.1)
+                wake.clear()
+
+                def notify(url: str) -> None:
+                    engine = make_engine(url)
+                    with engine.begin() as conn:
+                        conn.execute(_NOTIFY)
+                    engine.dispose()
+
+                await asyncio.to_thread(notify, other_url)
+                try:
+                    await asyncio.wait_for(wake.wait(), 1.0)
+                    heard_other = True
+                except TimeoutError:
+                    heard_other = False
+                await asyncio.to_thread(notify, my_url)
+                try:
+                    await asyncio.wait_for(wake.wait(), 1.0)
+                    heard_mine = True
+                except TimeoutError:
+                    heard_mine = False
+                return heard_other, heard_mine
+            finally:
+                await hub.stop()
+
+        heard_other, heard_mine = asyncio.run(scenario())
+        assert not heard_other, "a broker in another schema woke this one"
+        assert heard_mine, "this schema's notification did not wake the stream"
+    finally:
+        drop_schema(pg_server, mine)
+        drop_schema(pg_server, other)
+
+
+@pytest.fixture
+def brokers(pg_server: str, tmp_path: Path) -> Iterator[Brokers]:
+    schema, url = new_schema(pg_server, "broker_push")
+    # Node A with two workers: whichever worker serves the holder, the push must reach it.
+    stack = Brokers.up(url, tmp_path, patients=1, workers=2)
+    try:
+        yield stack
+    finally:
+        stack.down()
+        drop_schema(pg_server, schema)
+
+
+def test_withdrawal_and_suspension_reach_a_holder_on_another_node(brokers: Brokers) -> None:
+    from broker_sdk.errors import AppSuspended, TokenRevoked
+    from broker_sdk.verifier import HolderVerifier
+
+    from tests.reliability.harness import HOLDER_AUDIENCE, HOLDER_ID, Patient
+
+    assert brokers.holder_key is not None
+    patient = Patient(0, brokers.issuer, brokers.client_id)
+    holder = HolderVerifier(
+        brokers.issuer, HOLDER_AUDIENCE, holder_id=HOLDER_ID, holder_key=brokers.holder_key
+    )
+    try:
+        assert holder.start_push(wait=20)
+        patient.log_in()
+        patient.grant()
+        assert patient.access_token is not None
+        holder.verify(patient.access_token)  # warm: the status list is cached for its ttl
+
+        # Suspension: the app is suspended by a charter re-check, then restored.
+        engine = make_engine(brokers.database_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE apps SET status = 'suspended'"))
+        engine.dispose()
+        began = time.monotonic()
+        _announce(brokers, "suspended")
+        assert _refused_within(holder, patient.access_token, AppSuspended, 1.0), "suspension not pushed"
+        print(f"suspension refused after {time.monotonic() - began:.3f} s")
+        engine = make_engine(brokers.database_url)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE apps SET status = 'approved'"))
+        engine.dispose()
+        _announce(brokers, "restored")
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                holder.verify(patient.access_token)
+                break
+            except AppSuspended:
+                assert time.monotonic() < deadline, "restoration not pushed"
+                time.sleep(0.01)
+
+        # Withdrawal on node A, holder on node B (the balancer sends it there).
+        patient.revoke(via=brokers.nodes[0].url)
+        began = time.monotonic()
+        assert _refused_within(holder, patient.access_token, TokenRevoked, 1.0), "withdrawal not pushed"
+        print(f"withdrawal refused after {time.monotonic() - began:.3f} s")
+    finally:
+        holder.close()
+        patient.close()
+
+
+def _announce(brokers: Brokers, action: str) -> None:
+    """What a charter re-check writes when it suspends or restores the app (enforcement.py)."""
+    from broker.catalog.models import App
+    from broker.consent.service import announce_app_status
+    from broker.db import make_session_factory, transaction, utcnow
+
+    engine = make_engine(brokers.database_url)
+    with transaction(make_session_factory(engine)) as session:
+        app = session.get(App, brokers.client_id)
+        assert app is not None
+        assert announce_app_status(session, app, action, utcnow()) == 1
+    engine.dispose()
+
+
+def _refused_within(holder: object, token: str, error: type[Exception], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            holder.verify(token)  # type: ignore[attr-defined]
+        except error:
+            return True
+        time.sleep(0.01)
+    return False
