@@ -433,6 +433,7 @@ class Patient:
     consent_id: str | None = None
     access_token: str | None = None
     refresh_token: str | None = None
+    revoke_sent: float = 0.0  # when the last withdrawal was sent (monotonic)
 
     def __post_init__(self) -> None:
         self.browser = httpx.Client(base_url=self.issuer, timeout=10, trust_env=False)
@@ -503,6 +504,7 @@ class Patient:
             match = re.search(r'name="csrf_token" value="([^"]*)"', page.text)
             if match is None:
                 raise Unclear("consents page", "no CSRF field")
+            self.revoke_sent = time.monotonic()
             answer = self._transport(
                 lambda: client.post(
                     f"/my/consents/{self.consent_id}/revoke", data={"csrf_token": match.group(1)}

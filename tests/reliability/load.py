@@ -44,6 +44,7 @@ class Figures:
     unclear: Counter[str] = field(default_factory=Counter)
     unclear_samples: list[str] = field(default_factory=list)
     revocation_latency: list[float] = field(default_factory=list)  # revoke answered -> refused at holder
+    revocation_from_request: list[float] = field(default_factory=list)  # revoke sent -> refused at holder
     honoured_after_revocation: list[float] = field(default_factory=list)  # beyond the grace
     granted: dict[str, list[str]] = field(default_factory=dict)  # consent id -> acknowledged actions
     last_success: float = 0.0
@@ -211,6 +212,7 @@ class Load:
                 self.holder.verify(token)
             except (TokenRevoked, BrokerUnavailable):
                 self.figures.revocation_latency.append(now - committed)
+                self.figures.revocation_from_request.append(now - patient.revoke_sent)
                 break
             except BrokerSDKError as exc:
                 self.figures.failed(Unclear("holder, after revocation", repr(exc)), "verify")
