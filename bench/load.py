@@ -43,6 +43,7 @@ import httpx
 from bench.tokens import (
     DOT_LABEL,
     PG_DEFAULT,
+    ROW_HEADER,
     Row,
     bench_broker,
     bench_dot,
@@ -199,22 +200,9 @@ def run_tokens(url_factory: str, args: argparse.Namespace, tmp: Path) -> None:
         f"Token endpoint alone (bench/tokens.py's generator), refresh_token grant, {token_args.concurrency} "
         f"chains, {token_args.duration:g} s counted, measured in this run"
     )
+    print("ref: node oidc-provider (in-memory adapter); DOT: django-oauth-toolkit on PostgreSQL")
     print_table(
-        (
-            "server",
-            "backend",
-            "workers",
-            "concurrency",
-            "conns/process",
-            "requests",
-            "errors",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "cpu ms/req",
-            "req/s / oidc-provider",
-            "req/s / DOT",
-        ),
+        ROW_HEADER,
         [r.cells(ref_rate, dot_rate if r.server == "broker" else None) for r in rows],
     )
 

@@ -805,25 +805,28 @@ def main() -> None:
             "REFRESH_TOKEN_REUSE_PROTECTION on, opaque access tokens stored in the database, "
             f"gunicorn gthread ({args.workers} workers x {DOT_THREADS} threads), persistent DB connections"
         )
-    header = (
-        "server",
-        "backend",
-        "workers",
-        "concurrency",
-        "conns/process",
-        "requests",
-        "errors",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "cpu ms/req",
-        "req/s / ref",
-        "req/s / DOT (same backend)",
-    )
     print_table(
-        header,
+        ROW_HEADER,
         [r.cells(ref_rate, dot_rates.get(r.backend) if r.server == "broker" else None) for r in rows],
     )
+
+
+# The columns of ``Row.cells``.
+ROW_HEADER = (
+    "server",
+    "backend",
+    "workers",
+    "concurrency",
+    "conns/process",
+    "requests",
+    "errors",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "cpu ms/req",
+    "req/s / ref",
+    "req/s / DOT (same backend)",
+)
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -13,14 +13,14 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.catalog.models import Holder
@@ -57,6 +57,16 @@ class Cursor:
         self._seen: set[int] = set()
         self._missing: dict[int, float] = {}  # id -> when first missed (monotonic)
 
+    @property
+    def top(self) -> int:
+        """The highest id read so far: what comes next is read from there."""
+        return max(self._seen, default=self.floor)
+
+    @property
+    def waiting(self) -> list[int]:
+        """Ids below ``top`` not read yet (their transactions may still commit)."""
+        return sorted(self._missing)
+
     def take(self, ids: list[int], now: float) -> list[int]:
         """The ids read this time that were not read before; moves the floor."""
         fresh = [i for i in ids if i > self.floor and i not in self._seen]
@@ -75,8 +85,18 @@ class Cursor:
         return fresh
 
 
-def events_after(session: Session, holder_id: str, last_id: int, limit: int = BATCH) -> list[dict[str, Any]]:
-    """Every consent event after ``last_id``, flagged ``relevant`` for what this holder is told."""
+def events_after(
+    session: Session,
+    holder_id: str,
+    last_id: int,
+    waiting: Sequence[int] = (),
+    limit: int = BATCH,
+) -> list[dict[str, Any]]:
+    """Every consent event after ``last_id`` (and those of ``waiting`` that are there now),
+    flagged ``relevant`` for what this holder is told."""
+    after: ColumnElement[bool] = ConsentEvent.id > last_id
+    if waiting:
+        after = or_(after, ConsentEvent.id.in_(list(waiting)))
     rows = session.execute(
         select(
             ConsentEvent.id,
@@ -86,7 +106,7 @@ def events_after(session: Session, holder_id: str, last_id: int, limit: int = BA
             ConsentEvent.at,
             ConsentEvent.grants,
         )
-        .where(ConsentEvent.id > last_id)
+        .where(after)
         .order_by(ConsentEvent.id)
         .limit(limit)
     ).all()
@@ -103,8 +123,8 @@ def events_after(session: Session, holder_id: str, last_id: int, limit: int = BA
     ]
 
 
-def _after(session: Session, *, holder: str, last_id: int) -> list[dict[str, Any]]:
-    return events_after(session, holder, last_id)
+def _after(session: Session, *, holder: str, cursor: Cursor) -> list[dict[str, Any]]:
+    return events_after(session, holder, cursor.top, cursor.waiting)
 
 
 def latest_event_id(session: Session) -> int:
@@ -167,7 +187,7 @@ async def revocation_stream(request: Request[Any, Any, Any], state: State, holde
             while not hub.closed:
                 wake.clear()  # before reading: a wake-up during the read is not lost
                 events = await in_transaction(
-                    factory, functools.partial(_after, holder=holder, last_id=cursor.floor)
+                    factory, functools.partial(_after, holder=holder, cursor=cursor)
                 )
                 fresh = set(cursor.take([e["id"] for e in events], time.monotonic()))
                 for event in events:

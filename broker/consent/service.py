@@ -267,17 +267,7 @@ def announce_app_status(session: Session, app: App, action: str, now: datetime) 
         )
     ).all()
     for consent in consents:
-        session.add(
-            ConsentEvent(
-                consent_id=consent.id,
-                action=action,
-                status=consent.status,
-                at=now,
-                by="broker",
-                reason="charter re-check",
-                grants=consent.grants,
-            )
-        )
+        _event(session, consent, action, "broker", now, "charter re-check")
     return len(consents)
 
 

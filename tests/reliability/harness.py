@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from glob import glob
@@ -40,6 +39,7 @@ from sqlalchemy import text, update
 from bench.tokens import PASSWORD, SECRET_KEY, consent_and_exchange, log_in, prepare_broker  # noqa: F401
 from broker.catalog.models import Holder
 from broker.db import make_engine
+from tests.e2e.proxy import RecordingProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER_ID = "labo-bench"
@@ -152,32 +152,25 @@ def drop_schema(server_url: str, schema: str) -> None:
 # -- the reverse proxy -----------------------------------------------------------------------
 
 
-class Balancer:
-    """One listening port in front of the nodes; holder connections can be cut."""
+class Balancer(RecordingProxy):
+    """One listening port in front of the nodes; holder connections can be cut.
+
+    The recording proxy's thread and loop, with its own way of serving a connection (nothing
+    is recorded here).
+    """
 
     def __init__(self, nodes: list[int], holder_node: int) -> None:
-        self.port = free_port()
+        super().__init__(free_port(), holder_node)
+        self.port = self.listen_port
         self.nodes = nodes  # upstream ports
         self.holder_node = holder_node
         self.holder_cut = False
         self._turn = 0
         self._holder_writers: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="balancer")
-        self._server: asyncio.Server | None = None
 
     def start(self) -> Balancer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the balancer did not start")
+        super().start()
         return self
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def cut_holder(self, cut: bool) -> None:
         """Cut (or give back) the holder's network: its connections drop, new ones fail."""
@@ -189,14 +182,6 @@ class Balancer:
                     writer.transport.abort()
 
             self._loop.call_soon_threadsafe(drop)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        )
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

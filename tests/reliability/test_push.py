@@ -32,6 +32,7 @@ def test_cursor_waits_for_ids_committed_out_of_order() -> None:
     cursor = Cursor(10)
     assert cursor.take([11, 13], now=0.0) == [11, 13]
     assert cursor.floor == 11  # 12 is in flight: a resumption must ask from 11 on
+    assert cursor.top == 13 and cursor.waiting == [12]  # the next read: after 13, and 12
     assert cursor.take([13], now=1.0) == []  # read again, not sent again
     assert cursor.take([12, 13, 14], now=2.0) == [12, 14]
     assert cursor.floor == 14
@@ -70,19 +71,15 @@ def test_notify_channel_is_the_schemas(pg_server: str) -> None:
                         conn.execute(_NOTIFY)
                     engine.dispose()
 
-                await asyncio.to_thread(notify, other_url)
-                try:
-                    await asyncio.wait_for(wake.wait(), 1.0)
-                    heard_other = True
-                except TimeoutError:
-                    heard_other = False
-                await asyncio.to_thread(notify, my_url)
-                try:
-                    await asyncio.wait_for(wake.wait(), 1.0)
-                    heard_mine = True
-                except TimeoutError:
-                    heard_mine = False
-                return heard_other, heard_mine
+                async def heard_after_notify(url: str) -> bool:
+                    await asyncio.to_thread(notify, url)
+                    try:
+                        await asyncio.wait_for(wake.wait(), 1.0)
+                    except TimeoutError:
+                        return False
+                    return True
+
+                return await heard_after_notify(other_url), await heard_after_notify(my_url)
             finally:
                 await hub.stop()
 
