@@ -450,6 +450,9 @@ class Patient:
                 if match and match.group(1) in ("502", "503"):
                     raise Retryable(f"{match.group(1)} during consent") from None
                 raise Unclear("consent", str(exc)) from None
+            except httpx.HTTPStatusError as exc:  # the token exchange answered an error
+                classify(exc.response, ())
+                raise  # classify always raises for an unexpected status
             except (AuthlibBaseError, ValueError, KeyError) as exc:  # the token exchange failed
                 if "temporarily_unavailable" in str(exc):
                     raise Retryable("503 retry-after") from None

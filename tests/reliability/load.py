@@ -153,10 +153,18 @@ class Load:
 
     def _run(self, patient: Patient) -> None:
         try:
+            self._loop(patient)
+        except Exception as exc:  # noqa: BLE001 (a crashed thread must fail the test, not vanish)
+            self.figures.failed(Unclear("load thread crashed", repr(exc)), "load")
+
+    def _loop(self, patient: Patient) -> None:
+        try:
             self._attempt("log-in", patient.log_in)
             count = 0
             while not self._stop.is_set():
                 if patient.consent_id is None or patient.refresh_token is None:
+                    if patient.consent_id is not None:  # granted again: the same consent record
+                        self.figures.acknowledged(patient.consent_id, "grant sent")
                     self._attempt("grant", patient.grant)
                     assert patient.consent_id is not None
                     self.figures.acknowledged(patient.consent_id, "granted")
@@ -201,6 +209,7 @@ class Load:
     def _revoke(self, patient: Patient) -> None:
         consent_id, token = patient.consent_id, patient.access_token
         assert consent_id is not None and token is not None
+        self.figures.acknowledged(consent_id, "revoke sent")
         self._attempt("revoke", lambda: patient.revoke(via=self.node_a))
         committed = time.monotonic()
         self.figures.acknowledged(consent_id, "revoked")

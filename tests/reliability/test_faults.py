@@ -161,12 +161,18 @@ def test_two_nodes_survive_faults_under_load(
     engine.dispose()
     for consent_id, actions in figures.granted.items():
         assert consent_id in consents, f"committed consent {consent_id} lost"
-        expected = "revoked" if actions[-1] == "revoked" else "active"
-        assert consents[consent_id].status == expected, (consent_id, actions, consents[consent_id].status)
-        revoked = actions.count("revoked")
+        # The state the patient was last told; a request sent after it whose answer never
+        # came (the load stopped meanwhile) may have committed too.
+        done = [a for a in actions if a in ("granted", "revoked")]
+        possible = {"revoked" if done[-1] == "revoked" else "active"}
+        if actions[-1] == "grant sent":
+            possible.add("active")
+        elif actions[-1] == "revoke sent":
+            possible.add("revoked")
+        assert consents[consent_id].status in possible, (consent_id, actions, consents[consent_id].status)
         # Every acknowledged withdrawal is in the chain and in the audit log, once each
-        # (a withdrawal whose answer was lost may be there too: at most one per attempt).
-        assert chain[(consent_id, "revoked")] >= revoked
+        # (a withdrawal whose answer was lost may be there too: at most one per request).
+        assert actions.count("revoked") <= chain[(consent_id, "revoked")] <= actions.count("revoke sent")
         assert audit[(consent_id, EventTag.CONSENT_REVOKED)] == chain[(consent_id, "revoked")]
         grants = audit[(consent_id, EventTag.CONSENT_GRANTED)] + audit[(consent_id, EventTag.CONSENT_CHANGED)]
         assert grants == chain[(consent_id, "granted")] + chain[(consent_id, "changed")]
