@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -21,6 +22,7 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.catalog.models import Holder
@@ -32,7 +34,10 @@ from broker.db import utcnow
 from broker.errors import InvalidToken
 from broker.http import bearer_token, in_transaction
 
+log = logging.getLogger("broker.push")
+
 HEARTBEAT_SECONDS = 15.0
+DATABASE_RETRY_SECONDS = 0.5
 # What a holder is told: a withdrawal (tokens issued until then are refused for good), and
 # the suspension of the app by a charter re-check and its restoration.
 PUSHED = ("revoked", "suspended", "restored")
@@ -186,9 +191,16 @@ async def revocation_stream(request: Request[Any, Any, Any], state: State, holde
             idle = time.monotonic()
             while not hub.closed:
                 wake.clear()  # before reading: a wake-up during the read is not lost
-                events = await in_transaction(
-                    factory, functools.partial(_after, holder=holder, cursor=cursor)
-                )
+                try:
+                    events = await in_transaction(
+                        factory, functools.partial(_after, holder=holder, cursor=cursor)
+                    )
+                except DBAPIError as exc:
+                    # The database is away (restarting): the holder stays subscribed, and
+                    # what was committed meanwhile is read once it is back.
+                    log.warning("push stream: the database is out of reach (%s); retrying", exc.orig)
+                    await asyncio.sleep(DATABASE_RETRY_SECONDS)
+                    continue
                 fresh = set(cursor.take([e["id"] for e in events], time.monotonic()))
                 for event in events:
                     if event["id"] in fresh and event.pop("relevant"):
