@@ -23,7 +23,7 @@ from broker.consent.events import GAP_SECONDS, Cursor
 from broker.consent.push import _NOTIFY, PushHub
 from broker.db import make_engine
 from tests.conftest import PG_ENV
-from tests.reliability.harness import Brokers, drop_schema, new_schema
+from tests.reliability.harness import HOLDER_ID, Brokers, drop_schema, new_schema
 
 pytestmark = pytest.mark.reliability
 
@@ -107,7 +107,7 @@ def test_withdrawal_and_suspension_reach_a_holder_on_another_node(brokers: Broke
     from broker_sdk.errors import AppSuspended, TokenRevoked
     from broker_sdk.verifier import HolderVerifier
 
-    from tests.reliability.harness import HOLDER_AUDIENCE, HOLDER_ID, Patient
+    from tests.reliability.harness import HOLDER_AUDIENCE, Patient
 
     assert brokers.holder_key is not None
     patient = Patient(0, brokers.issuer, brokers.client_id)
@@ -149,9 +149,58 @@ def test_withdrawal_and_suspension_reach_a_holder_on_another_node(brokers: Broke
         began = time.monotonic()
         assert _refused_within(holder, patient.access_token, TokenRevoked, 1.0), "withdrawal not pushed"
         print(f"withdrawal refused after {time.monotonic() - began:.3f} s")
+
+        # Catch-up: the holder goes away; meanwhile the patient grants and withdraws again;
+        # back on the other node with Last-Event-ID, it is told what it missed.
+        listener = next(iter(holder._issuers.values())).listener
+        assert listener is not None and listener.last_event_id is not None
+        last_seen = listener.last_event_id
+        holder.close()
+        time.sleep(1.01 - time.time() % 1)  # a new token's iat after the withdrawal's second
+        patient.grant()
+        since = time.time()
+        patient.revoke()
+        assert _replayed(brokers, last_seen, since - 0.01) == patient.consent_id, "the missed withdrawal"
     finally:
         holder.close()
         patient.close()
+
+
+def _replayed(brokers: Brokers, last_event_id: str, since: float) -> str | None:
+    """The consent of the first withdrawal made after ``since`` (epoch) that a holder
+    resuming at ``last_event_id`` on node A is sent; None if none comes within 3 s."""
+    import json
+    from datetime import datetime
+
+    import httpx
+    from broker_sdk.events import client_assertion
+
+    assert brokers.holder_key is not None
+    headers = {
+        "Authorization": "Bearer "
+        + client_assertion(brokers.holder_key, client_id=HOLDER_ID, audience=brokers.issuer),
+        "Last-Event-ID": last_event_id,
+    }
+    deadline = time.monotonic() + 3
+    event = ""
+    with httpx.stream(
+        "GET",
+        f"{brokers.nodes[0].url}/events/revocations",
+        params={"holder": HOLDER_ID},
+        headers=headers,
+        timeout=5,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if time.monotonic() > deadline:
+                break
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "revoked" and datetime.fromisoformat(data["at"]).timestamp() >= since:
+                    return str(data["consent_id"])
+    return None
 
 
 def _announce(brokers: Brokers, action: str) -> None:
