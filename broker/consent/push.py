@@ -5,7 +5,8 @@ adds is *when* to read it. On PostgreSQL every node runs one listening connectio
 process (``LISTEN``), and every transaction that inserts a consent event sends a
 notification (``pg_notify``, delivered at commit, never for a rolled-back transaction), so a
 withdrawal made on one node wakes the streams of all nodes and all ``--workers`` at once.
-On SQLite (one node) the streams poll the table, as before.
+On SQLite (one node) a commit wakes the streams of its own process, and the streams also poll
+the table (other ``--workers`` of the node, other processes such as ``broker charter apply``).
 
 NOTIFY channels are database-wide, not schema-wide: several brokers (or test runs) sharing
 one database in different schemas would hear each other. The channel is therefore derived
@@ -24,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
 from broker.consent.models import ConsentEvent
@@ -42,11 +44,31 @@ SAFETY_POLL_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 5.0
 
 
+# The hubs of this process: a commit on SQLite wakes them directly (no NOTIFY there).
+_HUBS: weakref.WeakSet[PushHub] = weakref.WeakSet()
+_PENDING = "consent_event_pending"
+
+
 @event.listens_for(ConsentEvent, "after_insert")
 def _announce(_mapper: Any, connection: Any, _target: ConsentEvent) -> None:
-    """Queue a notification in the inserting transaction (PostgreSQL folds duplicates)."""
+    """Queue a notification in the inserting transaction (PostgreSQL folds duplicates); on
+    SQLite, remember to wake this process's streams at commit."""
     if connection.dialect.name == "postgresql":
         connection.execute(_NOTIFY)
+    else:
+        connection.info[_PENDING] = True
+
+
+@event.listens_for(Engine, "commit")
+def _committed(connection: Any) -> None:
+    if connection.info.pop(_PENDING, False):
+        for hub in list(_HUBS):
+            hub.wake_from_any_thread()
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(connection: Any) -> None:
+    connection.info.pop(_PENDING, None)
 
 
 def libpq_conninfo(database_url: str) -> str:
@@ -77,6 +99,7 @@ class PushHub:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        _HUBS.add(self)
         if self.postgresql and self._thread is None:
             self._thread = threading.Thread(target=self._listen, name="broker-push-listen", daemon=True)
             self._thread.start()
@@ -84,6 +107,7 @@ class PushHub:
     async def stop(self) -> None:
         """Close every stream of this process (they end cleanly) and stop listening."""
         self.closed = True
+        _HUBS.discard(self)
         self._stop.set()
         self._wake_all()
         if self._thread is not None:
@@ -111,6 +135,10 @@ class PushHub:
     def _wake_all(self) -> None:
         for wake in list(self._subscribers):
             wake.set()
+
+    def wake_from_any_thread(self) -> None:
+        """Wake this process's streams (a SQLite commit in this process)."""
+        self._wake_from_thread()
 
     def _wake_from_thread(self) -> None:
         loop = self._loop

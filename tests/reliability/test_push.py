@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from broker.consent.events import GAP_SECONDS, Cursor
 from broker.consent.push import _NOTIFY, PushHub
@@ -41,6 +41,68 @@ def test_cursor_waits_for_ids_committed_out_of_order() -> None:
     assert cursor.floor == 14
     assert cursor.take([16], now=3.0 + GAP_SECONDS) == []
     assert cursor.floor == 16
+
+
+def test_a_committed_consent_event_wakes_the_streams(db_url: str) -> None:
+    """On PostgreSQL through NOTIFY, on SQLite in the process itself: at commit, not before."""
+    from bench.tokens import prepare_broker
+    from broker.catalog.models import App
+    from broker.consent.patients.models import Patient
+    from broker.consent.service import Grant, grant_consent
+    from broker.db import make_session_factory, utcnow
+
+    client_id = prepare_broker(db_url, 1)
+    engine = make_engine(db_url)
+    factory = make_session_factory(engine)
+
+    def grant(commit: bool) -> None:
+        with factory() as session:
+            patient = session.scalars(select(Patient)).one()
+            app = session.get(App, client_id)
+            assert app is not None
+            grant_consent(
+                session,
+                patient_id=patient.id,
+                app=app,
+                grants=[Grant("labo-bench", "chronic_disease_followup", ("lab_results",))],
+                days=30,
+                charter_version="1.0",
+                by="test",
+                now=utcnow(),
+            )
+            session.flush()
+            if commit:
+                session.commit()
+            else:
+                session.rollback()
+
+    async def scenario() -> tuple[bool, bool]:
+        hub = PushHub(db_url)
+        await hub.start()
+        try:
+            if hub.postgresql:
+                assert await asyncio.to_thread(hub.listening.wait, 10)
+            wake = hub.subscribe()
+            await asyncio.sleep(0.1)
+            wake.clear()
+            results = []
+            for commit in (False, True):
+                await asyncio.to_thread(grant, commit)
+                try:
+                    await asyncio.wait_for(wake.wait(), 1.0)
+                    results.append(True)
+                except TimeoutError:
+                    results.append(False)
+            return results[0], results[1]
+        finally:
+            await hub.stop()
+
+    try:
+        after_rollback, after_commit = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert not after_rollback, "a rolled-back consent event woke the streams"
+    assert after_commit, "a committed consent event did not wake the streams"
 
 
 @pytest.fixture
