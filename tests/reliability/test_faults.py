@@ -134,7 +134,10 @@ def test_two_nodes_survive_faults_under_load(
         print("\n" + "\n".join(table))
 
     assert figures.ops["refresh"] > 20 and figures.ops["revoke"] > 3, "too little load to prove anything"
-    assert not figures.unclear, f"errors that were not clear and retryable: {figures.unclear_samples}"
+    internal = "\n".join(
+        text[text.index("internal error on") :][:4000] for text in logs.values() if "internal error on" in text
+    )
+    assert not figures.unclear, f"errors that were not clear and retryable: {figures.unclear_samples}\n{internal}"
     assert not figures.honoured_after_revocation, (
         f"tokens honoured more than {HONOUR_GRACE} s after their withdrawal committed: "
         f"{figures.honoured_after_revocation[:5]}"
