@@ -399,49 +399,63 @@ def _hidden(html: str, name: str) -> str:
     return match.group(1)
 
 
+def log_in(browser: httpx.Client, index: int) -> None:
+    """Bench patient ``index`` logs in on ``browser`` (an httpx client on the broker)."""
+    page = browser.get("/login")
+    logged = browser.post(
+        "/login",
+        data={
+            "csrf_token": _hidden(page.text, "csrf_token"),
+            "email": f"patient{index}@bench.example",
+            "password": PASSWORD,
+            "next": "/",
+        },
+    )
+    if logged.status_code != 303:
+        raise RuntimeError(f"log-in refused: {logged.status_code} {logged.text[:300]}")
+
+
+def consent_and_exchange(browser: httpx.Client, issuer: str, client_id: str) -> dict[str, Any]:
+    """The logged-in patient consents, the app exchanges the code (PKCE, public client)."""
+    app = OAuth2Client(
+        client_id=client_id,
+        redirect_uri=REDIRECT_URI,
+        token_endpoint_auth_method="none",  # noqa: S106 (a method name)
+        code_challenge_method="S256",
+        scope="lab_results device_measurements",  # one optional line ticked: see the report
+        timeout=REQUEST_TIMEOUT,
+    )
+    verifier = secrets.token_urlsafe(48)
+    url, _ = app.create_authorization_url(f"{issuer}/authorize", code_verifier=verifier)
+    screen = browser.get(url, follow_redirects=True)
+    if screen.status_code != 200:
+        raise RuntimeError(f"no consent screen: {screen.status_code} {screen.text[:300]}")
+    answer = browser.post(
+        urlsplit(str(screen.url)).path,
+        data={
+            "csrf_token": _hidden(screen.text, "csrf_token"),
+            "decision": "accept",
+            "days": "90",
+            "holder": re.findall(r'name="holder" value="([^"]+)"', screen.text),
+            "item": re.findall(r'name="item" value="([^"]+)"[^>]*checked', screen.text),
+        },
+    )
+    location = answer.headers.get("location", "")
+    if answer.status_code != 303 or "code" not in parse_qs(urlsplit(location).query):
+        raise RuntimeError(f"consent gave no code: {answer.status_code} {location} {answer.text[:300]}")
+    try:
+        return dict(
+            app.fetch_token(f"{issuer}/token", authorization_response=location, code_verifier=verifier)
+        )
+    finally:
+        app.close()
+
+
 def refresh_token_through_consent(issuer: str, client_id: str, index: int) -> str:
     """What a patient and an app do: log in, consent, exchange the code (PKCE, public client)."""
     with httpx.Client(base_url=issuer, timeout=30) as browser:
-        page = browser.get("/login")
-        logged = browser.post(
-            "/login",
-            data={
-                "csrf_token": _hidden(page.text, "csrf_token"),
-                "email": f"patient{index}@bench.example",
-                "password": PASSWORD,
-                "next": "/",
-            },
-        )
-        if logged.status_code != 303:
-            raise RuntimeError(f"log-in refused: {logged.status_code} {logged.text[:300]}")
-        app = OAuth2Client(
-            client_id=client_id,
-            redirect_uri=REDIRECT_URI,
-            token_endpoint_auth_method="none",  # noqa: S106 (a method name)
-            code_challenge_method="S256",
-            scope="lab_results device_measurements",  # one optional line ticked: see the report
-        )
-        verifier = secrets.token_urlsafe(48)
-        url, _ = app.create_authorization_url(f"{issuer}/authorize", code_verifier=verifier)
-        screen = browser.get(url, follow_redirects=True)
-        if screen.status_code != 200:
-            raise RuntimeError(f"no consent screen: {screen.status_code} {screen.text[:300]}")
-        answer = browser.post(
-            urlsplit(str(screen.url)).path,
-            data={
-                "csrf_token": _hidden(screen.text, "csrf_token"),
-                "decision": "accept",
-                "days": "90",
-                "holder": re.findall(r'name="holder" value="([^"]+)"', screen.text),
-                "item": re.findall(r'name="item" value="([^"]+)"[^>]*checked', screen.text),
-            },
-        )
-        location = answer.headers.get("location", "")
-        if answer.status_code != 303 or "code" not in parse_qs(urlsplit(location).query):
-            raise RuntimeError(f"consent gave no code: {answer.status_code} {location} {answer.text[:300]}")
-        token = app.fetch_token(f"{issuer}/token", authorization_response=location, code_verifier=verifier)
-        app.close()
-        return str(token["refresh_token"])
+        log_in(browser, index)
+        return str(consent_and_exchange(browser, issuer, client_id)["refresh_token"])
 
 
 def bench_broker(backend: str, url: str, args: argparse.Namespace, tmp: Path) -> Row:
@@ -795,25 +809,28 @@ def main() -> None:
             "REFRESH_TOKEN_REUSE_PROTECTION on, opaque access tokens stored in the database, "
             f"gunicorn gthread ({args.workers} workers x {DOT_THREADS} threads), persistent DB connections"
         )
-    header = (
-        "server",
-        "backend",
-        "workers",
-        "concurrency",
-        "conns/process",
-        "requests",
-        "errors",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "cpu ms/req",
-        "req/s / ref",
-        "req/s / DOT (same backend)",
-    )
     print_table(
-        header,
+        ROW_HEADER,
         [r.cells(ref_rate, dot_rates.get(r.backend) if r.server == "broker" else None) for r in rows],
     )
+
+
+# The columns of ``Row.cells``.
+ROW_HEADER = (
+    "server",
+    "backend",
+    "workers",
+    "concurrency",
+    "conns/process",
+    "requests",
+    "errors",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "cpu ms/req",
+    "req/s / ref",
+    "req/s / DOT (same backend)",
+)
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

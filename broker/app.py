@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from broker import __version__
@@ -31,6 +32,7 @@ from broker.consent.download_pages import download_pages
 from broker.consent.pages import consent_pages, patient_api
 from broker.consent.patients import patient_pages, patient_state
 from broker.consent.patients.rendering import render_page
+from broker.consent.push import PushHub
 from broker.consent.routes import oauth_routes
 from broker.db import make_engine, make_session_factory, transaction, utcnow
 from broker.discovery import authorization_server_metadata, jwks, metadata
@@ -52,6 +54,7 @@ log = logging.getLogger("broker")
 
 TEMPLATES = Path(__file__).parent / "web" / "templates"
 # Endpoints whose errors take the RFC 6749 §5.2 form (``error``, ``error_description``).
+DATABASE_RETRY_AFTER = 1  # seconds, on a 503 while the database is out of reach
 OAUTH_PATHS = ("/register", "/token", "/par", "/revoke", "/introspect")
 
 SECURITY_HEADERS = {
@@ -150,6 +153,28 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+def handle_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    """The database is out of reach (restarting, fail-over, network): a clear, retryable 503.
+
+    Nothing was committed by the request that failed so (its transaction rolled back), so
+    the client may send it again after ``Retry-After``. Other database errors are bugs: 500.
+    """
+    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        return handle_unexpected(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    detail = "the broker's database is out of reach for a moment; try again shortly"
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
+    if _is_oauth_path(request.url.path):
+        response = _oauth_response(503, "temporarily_unavailable", detail)
+        response.headers.update(headers)
+        return response
+    return _problem_response(
+        503,
+        {"type": "about:blank", "title": "Temporarily unavailable", "status": 503, "detail": detail},
+        headers,
+    )
+
+
 async def add_security_headers(message: Message, scope: Scope) -> None:
     if message["type"] != "http.response.start":
         return
@@ -197,6 +222,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "keystore": keystore,
             "charters": CharterInForce(settings.charter_version),
             "draining": (draining := Draining()),
+            # Wakes this process's push streams when any node commits a consent event.
+            "push": PushHub(settings.database_url),
             "metadata_document": authorization_server_metadata(settings.issuer, list(charter.categories)),
             "templates": Environment(
                 loader=FileSystemLoader(TEMPLATES),
@@ -279,12 +306,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={
             BrokerError: handle_broker_error,
             HTTPException: handle_http_exception,
+            DBAPIError: handle_database_error,
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
         before_request=RateLimits(settings, page=too_many_requests_page),
-        on_startup=[draining.install, sequencer.start, federation_sync.start],
-        on_shutdown=[draining.begin, federation_sync.stop, sequencer.stop, on_shutdown, process_stopped],
+        on_startup=[draining.install, sequencer.start, state.push.start, federation_sync.start],
+        on_shutdown=[
+            draining.begin,
+            federation_sync.stop,
+            state.push.stop,
+            sequencer.stop,
+            on_shutdown,
+            process_stopped,
+        ],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Consent broker for personal health data",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ ALGORITHM = "ES256"
 CURVE = "P-256"
 KEYRING = "keyring.json"
 _P256_BYTES = 32
+REFRESH_SECONDS = 1.0  # how often signing looks for a rotation made by another process
 
 
 def _b64(data: bytes) -> bytes:
@@ -79,6 +81,7 @@ class KeyStore:
         self._signers: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._headers: dict[tuple[str, str], bytes] = {}
         self._mtime: float | None = None
+        self._checked_at = time.monotonic()
 
     def __repr__(self) -> str:  # never shows key material
         return f"KeyStore({str(self.key_dir)!r}, kids={[i.kid for i in self._infos]})"
@@ -159,7 +162,15 @@ class KeyStore:
         jwcrypto holds, with the ``cryptography`` primitive (RFC 7515 §7.1, RFC 7518 §3.4):
         jwcrypto's JWS object costs about four times the signature itself (DESIGN,
         performance notes). Tests verify these tokens with jwcrypto and with PyJWT.
+
+        At most once a second it looks whether the keyring changed (a ``broker keys rotate``
+        run for every node sharing the key directory): every node signs with the new key
+        within a second, long before the previous one stops being published.
         """
+        now = time.monotonic()
+        if now - self._checked_at >= REFRESH_SECONDS:
+            self._checked_at = now
+            self.refresh()
         kid = self.active_kid
         header = self._headers.get((kid, typ))
         if header is None:

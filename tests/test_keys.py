@@ -1,8 +1,10 @@
 """Signing keys: creation, storage rights, rotation."""
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jwcrypto import jwk, jws
@@ -86,3 +88,22 @@ def test_tampered_key_file_is_refused(key_dir: Path) -> None:
     (key_dir / f"{info.kid}.jwk").write_text(jwk.JWK.generate(kty="EC", crv="P-256").export_private())
     with pytest.raises(KeyStoreError, match="does not match"):
         KeyStore(key_dir).load()
+
+
+def test_every_node_signs_with_a_rotated_key_within_a_second(tmp_path: Path, monkeypatch: Any) -> None:
+    """Two nodes share one key directory: a rotation made through one is used by the other."""
+    import broker.keys
+
+    node_a = KeyStore(tmp_path)
+    node_a.create()
+    node_b = KeyStore(tmp_path).load()
+    first = node_b.active_kid
+
+    def kid_of(token: str) -> str:
+        header = token.split(".")[0]
+        return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+    assert kid_of(node_b.sign({"n": 1}, "at+jwt")) == first
+    new = node_a.rotate(timedelta(minutes=10))
+    monkeypatch.setattr(broker.keys, "REFRESH_SECONDS", 0.0)  # instead of waiting a second
+    assert kid_of(node_b.sign({"n": 2}, "at+jwt")) == new.kid != first

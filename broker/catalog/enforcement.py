@@ -19,6 +19,7 @@ from broker.catalog.models import App, CharterVersion
 from broker.catalog.service import apply_verdict, log_app_event
 from broker.charter import Charter, Verdict, evaluate, load_charter
 from broker.charter.loading import parse_charter
+from broker.consent.service import announce_app_status
 from broker.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -149,8 +150,10 @@ def apply_charter(
         if status != was:
             if status == "suspended":
                 tag = EventTag.APP_SUSPENDED
+                announce_app_status(session, app, "suspended", now)
             elif was == "suspended" and status == "approved":
                 tag = EventTag.APP_RESTORED
+                announce_app_status(session, app, "restored", now)
             else:
                 tag = EventTag.APP_RECHECKED
             log_app_event(session, tag, app, "broker", now, previous_status=was)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from broker.audit.log import append_event
 from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
+from broker.consent import push  # noqa: F401 (every consent event committed wakes the push streams)
 from broker.consent.models import ConsentEvent, ConsentRecord, HolderLink, RefreshToken, StatusEntry
 from broker.errors import InvalidRequest, NotFound
 from broker.web.i18n import TIMEZONE
@@ -331,6 +332,23 @@ def change_consent_end(
     )
     _event(session, consent, "changed", by, now, "end date changed")
     return consent
+
+
+def announce_app_status(session: Session, app: App, action: str, now: datetime) -> int:
+    """A status record ``suspended`` or ``restored`` on every live consent of ``app``.
+
+    The consents themselves do not change (their tokens' status follows the app, see
+    ``effective_status``); the records let the push stream tell holders at once.
+    """
+    assert action in ("suspended", "restored")
+    consents = session.scalars(
+        select(ConsentRecord).where(
+            ConsentRecord.client_id == app.client_id, ConsentRecord.status == "active"
+        )
+    ).all()
+    for consent in consents:
+        _event(session, consent, action, "broker", now, "charter re-check")
+    return len(consents)
 
 
 def patient_consent(session: Session, *, patient_id: str, consent_id: str) -> ConsentRecord:

@@ -3,7 +3,9 @@
 A background thread keeps ``GET {issuer}/events/revocations?holder=ID`` open, authenticated
 by a fresh client assertion of the holder (RFC 7523) on every connection, and resumes after
 a drop with ``Last-Event-ID`` so that no withdrawal is missed. Each ``revoked`` event calls
-``on_revoked(consent_id, at)`` with the time of the withdrawal (epoch seconds).
+``on_revoked(consent_id, at)`` with the time of the withdrawal (epoch seconds); the
+``suspended`` and ``restored`` events (the app's suspension by a charter re-check, and its
+end) call ``on_suspended(consent_id, suspended, at)`` when it is given.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class RevocationListener:
         holder_id: str,
         holder_key: jwk.JWK,
         on_revoked: Callable[[str, float], None],
+        on_suspended: Callable[[str, bool, float], None] | None = None,
         endpoint: str | None = None,
         http: httpx.Client | None = None,
         max_backoff: float = 30.0,
@@ -73,6 +76,7 @@ class RevocationListener:
         self.holder_id = holder_id
         self._key = holder_key
         self._on_revoked = on_revoked
+        self._on_suspended = on_suspended
         self._http = http or httpx.Client(timeout=httpx.Timeout(5.0, read=45.0), trust_env=False)
         self._owns_http = http is None
         self._max_backoff = max_backoff
@@ -138,8 +142,8 @@ class RevocationListener:
                 if self._stop.is_set():
                     return
                 if line == "":
-                    if data and event == "revoked":
-                        self._dispatch("\n".join(data))
+                    if data and event in ("revoked", "suspended", "restored"):
+                        self._dispatch(event, "\n".join(data))
                     if event_id is not None:
                         self.last_event_id = event_id
                     event, data, event_id = "message", [], None
@@ -156,11 +160,15 @@ class RevocationListener:
                         event_id = value
         self._response = None
 
-    def _dispatch(self, payload: str) -> None:
+    def _dispatch(self, event: str, payload: str) -> None:
         try:
             body = json.loads(payload)
         except ValueError:
             return
         consent_id = body.get("consent_id") if isinstance(body, dict) else None
-        if isinstance(consent_id, str):
+        if not isinstance(consent_id, str):
+            return
+        if event == "revoked":
             self._on_revoked(consent_id, _epoch(body.get("at")))
+        elif self._on_suspended is not None:
+            self._on_suspended(consent_id, event == "suspended", _epoch(body.get("at")))

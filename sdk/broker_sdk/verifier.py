@@ -254,6 +254,7 @@ class HolderVerifier:
         self._headers: dict[str, tuple[str, str]] = {}
         self._cache_size = token_cache_size
         self._revoked: dict[str, float] = {}  # "issuer consent_id" -> withdrawn at (epoch)
+        self._suspended: set[str] = set()  # "issuer consent_id" of apps suspended (pushed)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -292,6 +293,7 @@ class HolderVerifier:
                     holder_key=self.holder_key,
                     endpoint=endpoint if isinstance(endpoint, str) else None,
                     on_revoked=functools.partial(self._pushed, issuer.issuer),
+                    on_suspended=functools.partial(self._pushed_suspension, issuer.issuer),
                 ).start()
         if wait is None:
             return False
@@ -303,6 +305,13 @@ class HolderVerifier:
 
     def _pushed(self, issuer: str, consent_id: str, at: float) -> None:
         self.mark_revoked(consent_id, at, issuer=issuer)
+
+    def _pushed_suspension(self, issuer: str, consent_id: str, suspended: bool, _at: float) -> None:
+        key = f"{issuer} {consent_id}"
+        if suspended:
+            self._suspended.add(key)
+        else:
+            self._suspended.discard(key)
 
     def mark_revoked(self, consent_id: str, at: float | None = None, *, issuer: str | None = None) -> None:
         """Refuse, from now on, every token of ``consent_id`` issued up to ``at``.
@@ -351,6 +360,8 @@ class HolderVerifier:
             withdrawn = self._revoked.get(verified._revocation_key)
             if withdrawn is not None and verified.issued_at <= withdrawn:
                 raise TokenRevoked("the patient withdrew this consent", reason="revoked")
+        if self._suspended and verified._revocation_key in self._suspended:
+            raise AppSuspended("the app is suspended under the charter", reason="suspended")
         if verified.status_uri is not None:
             self._check_status(verified, now)
         if categories:
