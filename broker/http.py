@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,9 +9,9 @@ from anyio import CapacityLimiter, to_thread
 from litestar import Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker import strictjson
 from broker.db import transaction
 from broker.errors import BrokerError
-from broker.strictjson import no_duplicate_keys
 
 T = TypeVar("T")
 
@@ -39,8 +38,8 @@ async def json_body(request: Request[Any, Any, Any]) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {media_type or 'missing'!r}")
     raw = await request.body()
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return strictjson.loads(raw)
+    except ValueError as exc:
         raise MalformedJSON(f"the body is not valid UTF-8 JSON: {exc}") from None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
@@ -14,6 +13,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.catalog.models import App, Holder
 from broker.consent import oauth
 from broker.consent.events import revocation_stream
@@ -37,7 +37,10 @@ async def oauth_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-    raw = (await request.body()).decode("utf-8", errors="strict")
+    try:
+        raw = (await request.body()).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not UTF-8") from None
     pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     form: dict[str, str] = {}
     for key, value in pairs:
@@ -65,7 +68,7 @@ def _unverified_kid(assertion: str) -> str | None:
     if len(header) > 2048:
         return None  # the verifier refuses the token anyway
     try:
-        kid = json.loads(b64url_decode(header, "header")).get("kid")
+        kid = strictjson.loads(b64url_decode(header, "header")).get("kid")
     except (JoseError, ValueError, AttributeError):
         return None
     return kid if isinstance(kid, str) else None
