@@ -35,6 +35,7 @@ from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
 from broker.http import configure_database_threads, in_transaction
 from broker.keys import KeyStore
+from broker.openapi import complete_description
 from broker.settings import Settings
 from broker.web.i18n import STATIC
 
@@ -222,7 +223,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         with transaction(session_factory) as session:
             seed_demo(session, settings)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             index,
             metadata,
@@ -259,3 +260,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    complete_description(app, is_oauth_path=_is_oauth_path)
+    return app

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from litestar import Request
+from litestar.params import Parameter
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker import strictjson
@@ -14,6 +15,11 @@ from broker.db import transaction
 from broker.errors import BrokerError
 
 T = TypeVar("T")
+
+#: A size or position in the broker's tables (tree sizes, leaf indexes, status list ids), as a
+#: path or query parameter: a 64-bit column holds it. Beyond, the database driver refuses the
+#: number (SQLite: ``OverflowError``) and the request would end in a 500, not a 400.
+Position = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
 
 # Answers that carry secrets or one patient's data are never cached (RFC 6749 §5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

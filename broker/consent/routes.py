@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
 from sqlalchemy.orm import Session
 
 from broker import strictjson
@@ -24,7 +23,7 @@ from broker.consent.service import LIST_SIZE, status_list_values
 from broker.consent.status_list import StatusList, status_list_token
 from broker.db import utcnow
 from broker.errors import InvalidClient, InvalidDPoPProof, InvalidRequest
-from broker.http import NO_STORE, in_transaction
+from broker.http import NO_STORE, Position, in_transaction
 from broker.outbound import JwksCache, OutboundPolicy, OutboundRefused
 
 # How long a holder may cache a status list: the delay before a revocation reaches a holder
@@ -248,9 +247,11 @@ async def revoke(request: Request[Any, Any, Any], state: State) -> Response[dict
 
 
 @get("/status/{list_id:int}", tags=["oauth"], summary="Token Status List (IETF OAuth draft)")
-async def status_list(state: State, list_id: FromPath[int]) -> Response[str]:
+async def status_list(state: State, list_id: Position) -> Response[str]:
     settings = state.settings
-    if list_id < 0:
+    # Status entries have 32-bit ids: a list past them cannot exist (and PostgreSQL would
+    # refuse the bound in the query).
+    if (list_id + 1) * LIST_SIZE > 2**31:
         raise InvalidRequest("no such status list")
     now = utcnow()
     values = await in_transaction(state.session_factory, lambda s: status_list_values(s, list_id, now))
