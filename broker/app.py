@@ -33,7 +33,7 @@ from broker.db import make_engine, make_session_factory, transaction
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
-from broker.http import configure_database_threads, in_transaction
+from broker.http import configure_database_threads, in_transaction, refuse_nul_characters
 from broker.keys import KeyStore
 from broker.openapi import complete_description
 from broker.settings import Settings
@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
+        before_request=refuse_nul_characters,
         on_startup=[sequencer.start],
         on_shutdown=[sequencer.stop, on_shutdown],
         request_max_body_size=settings.max_body_bytes,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker import strictjson
 from broker.db import transaction
-from broker.errors import BrokerError
+from broker.errors import BrokerError, InvalidRequest
 
 T = TypeVar("T")
 
@@ -47,6 +47,18 @@ async def json_body(request: Request[Any, Any, Any]) -> Any:
         return strictjson.loads(raw)
     except ValueError as exc:
         raise MalformedJSON(f"the body is not valid UTF-8 JSON: {exc}") from None
+
+
+def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
+    """Litestar ``before_request``: a NUL character in the path or the query is a 400.
+
+    PostgreSQL text cannot hold NUL (0x00): a string carrying one would fail in the database,
+    a 500 instead of an answer saying what is wrong. Bodies are checked where they are read
+    (``strictjson.loads``, the OAuth form).
+    """
+    query = request.scope.get("query_string", b"")
+    if "\x00" in request.scope["path"] or b"\x00" in query or b"%00" in query:
+        raise InvalidRequest("the request contains a NUL character (%00)")
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

@@ -58,4 +58,19 @@ def loads(raw: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     if json_depth(text) > max_depth:
         raise ValueError(f"nested deeper than {max_depth} levels")
-    return json.loads(text, object_pairs_hook=no_duplicate_keys)
+    value = json.loads(text, object_pairs_hook=no_duplicate_keys)
+    if "\\u0000" in text and _holds_nul(value):
+        # PostgreSQL text cannot store NUL: refused here rather than as a database error.
+        raise ValueError("a string contains a NUL character (\\u0000)")
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a parsed JSON value has a NUL in a string or a member name (depth is bounded)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False

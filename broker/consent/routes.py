@@ -40,6 +40,8 @@ async def oauth_form(request: Request[Any, Any, Any]) -> dict[str, str]:
         raw = (await request.body()).decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise InvalidRequest("the body is not UTF-8") from None
+    if "\x00" in raw or "%00" in raw:
+        raise InvalidRequest("the body contains a NUL character (%00)")
     pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     form: dict[str, str] = {}
     for key, value in pairs:
