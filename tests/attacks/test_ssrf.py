@@ -29,8 +29,9 @@ from jwcrypto import jwk
 
 import tests.consent.test_oauth_attacks as attacks
 from broker.outbound import PUBLIC_MESSAGE, JwksCache, OutboundPolicy
-from tests.outbound_servers import Authority, Server, answer, make_authority, redirect, serve
+from tests.outbound_servers import Authority, Server, answer, redirect, serve
 from tests.test_outbound import LOCAL, FakeResolver
+from tests.test_outbound import authority  # noqa: F401 (the certificate authority fixture)
 
 settings = attacks.settings
 env = attacks.env
@@ -40,11 +41,6 @@ Env = attacks.Env
 @pytest.fixture(autouse=True)
 def _each_backend(db_url: str) -> None:
     """Names ``db_url`` for pytest (see ``test_oauth_bcp.py``)."""
-
-
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
-    return make_authority(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
