@@ -28,14 +28,15 @@ import pytest
 from jwcrypto import jwk
 
 import tests.consent.test_oauth_attacks as attacks
+import tests.test_outbound as outbound_tests
 from broker.outbound import PUBLIC_MESSAGE, JwksCache, OutboundPolicy
 from tests.outbound_servers import Authority, Server, answer, redirect, serve
 from tests.test_outbound import LOCAL, FakeResolver
-from tests.test_outbound import authority  # noqa: F401 (the certificate authority fixture)
 
 settings = attacks.settings
 env = attacks.env
 Env = attacks.Env
+authority = outbound_tests.authority  # the outbound tests' local certificate authority
 
 
 @pytest.fixture(autouse=True)
