@@ -1,6 +1,25 @@
-"""RFC 9700 (OAuth 2.0 Security BCP) cases not already tested in
-``tests/consent/test_oauth_attacks.py``; that module's docstring and the attack suite's report
-list where each case of the BCP is covered.
+"""RFC 9700 (OAuth 2.0 Security BCP) cases not already tested elsewhere.
+
+Where each case the BCP names is tested (``attacks`` = ``tests/consent/test_oauth_attacks.py``):
+
+- code injection (§4.5): ``attacks`` (wrong or missing verifier, code bound to its client,
+  identical redirect_uri, code replay revoking what it produced) and here, across patients;
+- PKCE downgrade (§4.8): ``attacks`` (13 malformed or missing challenges refused at the
+  authorization endpoint, PKCE required of confidential clients, no verifier refused);
+- mix-up (§4.4, RFC 9207): ``attacks`` (``iss`` on every error redirect),
+  ``tests/test_discovery.py`` (metadata), ``tests/consent/test_oauth_flow.py`` and here (success);
+- open redirector (§4.11.2): ``attacks`` (14 inexact redirect URIs, unknown or unapproved
+  client: error page, no Location), ``tests/consent/patients/test_accounts.py`` (log-in
+  ``next``) and here (language links, sign-up);
+- refresh-token replay (§4.14): ``attacks`` (rotation, family revocation both ways round,
+  another client's token);
+- CSRF (§4.7, A6 W4): ``attacks`` (state required, consent form and revocation CSRF),
+  ``tests/consent/patients/test_csrf.py`` and here (state returned byte for byte);
+- clickjacking (§4.16): ``attacks`` (error pages), ``tests/consent/patients/test_accounts.py``
+  (patient pages) and here (consent screen, log-in, authorization error page);
+- access token in the URL (§4.3.2): ``sdk/tests/test_asgi.py`` (holders) and here (the
+  broker's own bearer-protected endpoints);
+- 307 after POST (§4.12): here, every form POST.
 
 Added here:
 
