@@ -13,7 +13,7 @@ code behind the 401 is reached too. Each answer must:
 - as an error, be problem details whose ``status`` is the answer's status, or an RFC 6749
   error object with a non-empty ``error``.
 
-``BROKER_ATTACK_EXAMPLES`` sets the examples per operation and generation mode (40 by
+``BROKER_ATTACK_EXAMPLES`` sets the examples per operation and generation mode (30 by
 default, a few minutes for both backends; 500 for a long run). A table of the figures is
 printed at the end of each backend's run.
 """
@@ -60,7 +60,7 @@ class CompactJwt:
         return self.as_requests(context, value)
 
 
-EXAMPLES = int(os.environ.get("BROKER_ATTACK_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("BROKER_ATTACK_EXAMPLES", "30"))
 MODES = (DataGenerationMethod.positive, DataGenerationMethod.negative)
 
 
