@@ -211,7 +211,7 @@ def test_a_receipt_with_a_deep_payload_is_refused(client: TestClient[Any], db_ur
     assert snapshot(db_url) == before
 
 
-def test_deep_cursors_are_400(client: TestClient[Any], db_url: str) -> None:
+def test_deep_cursors_are_400(client: TestClient[Any]) -> None:
     cursor = b64(nested_arrays(5000).encode())
     assert_problem(client.get(f"/api/catalog/apps?cursor={cursor}"), 400, "/api/catalog/apps")
     assert sign_up(client, email="curseur@example.org").status_code == 303
@@ -219,7 +219,7 @@ def test_deep_cursors_are_400(client: TestClient[Any], db_url: str) -> None:
     assert_problem(client.get(f"/api/me/audit/events?cursor={cursor}"), 400, "/api/me/audit/events")
 
 
-def test_huge_numbers_in_paths_and_queries_are_400(client: TestClient[Any], db_url: str) -> None:
+def test_huge_numbers_in_paths_and_queries_are_400(client: TestClient[Any]) -> None:
     """A number past the 64-bit columns (or the 32-bit status entries) was a 500."""
     for path in (
         "/status/48347",

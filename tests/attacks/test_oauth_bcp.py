@@ -56,12 +56,6 @@ bruno = attacks.bruno
 Env = attacks.Env
 
 
-@pytest.fixture(autouse=True)
-def _each_backend(db_url: str) -> None:
-    """Names ``db_url`` for pytest, which otherwise misses its parameters behind the
-    overridden ``settings`` fixture and runs nothing."""
-
-
 def test_a_code_from_the_attackers_session_does_not_redeem_in_the_victims_transaction(
     env: Env, bruno: TestClient[Any]
 ) -> None:

@@ -39,11 +39,6 @@ Env = attacks.Env
 authority = outbound_tests.authority  # the outbound tests' local certificate authority
 
 
-@pytest.fixture(autouse=True)
-def _each_backend(db_url: str) -> None:
-    """Names ``db_url`` for pytest (see ``test_oauth_bcp.py``)."""
-
-
 @pytest.fixture
 def inside(authority: Authority) -> Iterator[Server]:
     """A server standing for whatever sits at an internal address: it must hear nothing."""
