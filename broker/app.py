@@ -39,8 +39,9 @@ from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
 from broker.federation.sync import guarded_fetch, synchronise_all
-from broker.http import configure_database_threads, in_transaction
+from broker.http import configure_database_threads, in_transaction, refuse_nul_characters
 from broker.keys import KeyStore
+from broker.openapi import complete_description
 from broker.ops.health import health_routes
 from broker.ops.limits import RateLimits
 from broker.ops.metrics import process_stopped
@@ -281,6 +282,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def too_many_requests_page(request: Request[Any, Any, Any], wait: int) -> Response[Any]:
         return render_page(request, "patients/error.html", status_code=429, code="throttled")
 
+    rate_limits = RateLimits(settings, page=too_many_requests_page)
+
+    async def before_request(request: Request[Any, Any, Any]) -> Response[Any] | None:
+        refuse_nul_characters(request)  # a 400 before anything reads the request
+        return await rate_limits(request)
+
     app = Litestar(
         route_handlers=[
             index,
@@ -310,7 +317,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             Exception: handle_unexpected,
         },
         before_send=[add_security_headers],
-        before_request=RateLimits(settings, page=too_many_requests_page),
+        before_request=before_request,
         on_startup=[draining.install, sequencer.start, state.push.start, federation_sync.start],
         on_shutdown=[
             draining.begin,
@@ -333,6 +340,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # own configuration would replace it with plain text.
         logging_config=None,
     )
+    complete_description(app, is_oauth_path=_is_oauth_path)
     # Outside everything Litestar does: request id, log line and metrics of every request.
     app.asgi_handler = ObservedRequests(app.asgi_handler)
     return app

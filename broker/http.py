@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from litestar import Request
+from litestar.params import Parameter
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker import strictjson
 from broker.db import transaction
-from broker.errors import BrokerError
-from broker.strictjson import no_duplicate_keys
+from broker.errors import BrokerError, InvalidRequest
 
 T = TypeVar("T")
+
+#: A size or position in the broker's tables (tree sizes, leaf indexes, status list ids), as a
+#: path or query parameter: a 64-bit column holds it. Beyond, the database driver refuses the
+#: number (SQLite: ``OverflowError``) and the request would end in a 500, not a 400.
+Position = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
 
 # Answers that carry secrets or one patient's data are never cached (RFC 6749 §5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -40,9 +45,21 @@ async def json_body(request: Request[Any, Any, Any]) -> Any:
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {media_type or 'missing'!r}")
     raw = await request.body()
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return strictjson.loads(raw)
+    except ValueError as exc:
         raise MalformedJSON(f"the body is not valid UTF-8 JSON: {exc}") from None
+
+
+def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
+    """Litestar ``before_request``: a NUL character in the path or the query is a 400.
+
+    PostgreSQL text cannot hold NUL (0x00): a string carrying one would fail in the database,
+    a 500 instead of an answer saying what is wrong. Bodies are checked where they are read
+    (``strictjson.loads``, the OAuth form).
+    """
+    query = request.scope.get("query_string", b"")
+    if "\x00" in request.scope["path"] or b"\x00" in query or b"%00" in query:
+        raise InvalidRequest("the request contains a NUL character (%00)")
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

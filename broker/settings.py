@@ -128,6 +128,12 @@ class Settings:
     policy_mode: PolicyMode = "gate"
     #: BROKER_MAX_BODY_BYTES — largest request body accepted (413 beyond).
     max_body_bytes: int = 64 * 1024
+    #: BROKER_HEADER_TIMEOUT — seconds a client has to send a request's head once it has
+    #: connected or begun it (slowloris: a head sent byte by byte); 408 and closed beyond.
+    header_timeout: int = 10
+    #: BROKER_BODY_TIMEOUT — seconds a client has to send a request's body once its head is in;
+    #: 408 and closed beyond (a body trickled slowly must not hold the connection).
+    body_timeout: int = 30
     #: BROKER_TOKEN_LIFETIME — seconds an access token lives (≤ 300, DESIGN step 6).
     token_lifetime: int = 300
     # Threads doing database work at once per process, and the connection pool's size: more
@@ -260,6 +266,8 @@ class Settings:
             secret_key=secret,
             policy_mode=policy,  # type: ignore[arg-type]
             max_body_bytes=_int(env, "BROKER_MAX_BODY_BYTES", 64 * 1024, 1024, 10 * 1024 * 1024),
+            header_timeout=_int(env, "BROKER_HEADER_TIMEOUT", 10, 1, 300),
+            body_timeout=_int(env, "BROKER_BODY_TIMEOUT", 30, 1, 3600),
             token_lifetime=_int(env, "BROKER_TOKEN_LIFETIME", 300, 30, 300),
             db_threads=_int(env, "BROKER_DB_THREADS", 8, 1, 64),
             charter_version=env.get("BROKER_CHARTER_VERSION", "").strip() or None,

@@ -48,3 +48,15 @@ def test_secret_required_outside_development(tmp_path: Path) -> None:
     settings = Settings.from_env({"BROKER_ISSUER": "https://broker.example/", "BROKER_SECRET_KEY": "s" * 40})
     assert settings.issuer == "https://broker.example"
     assert "s" * 40 not in repr(settings)
+
+
+def test_client_time_limits(tmp_path: Path) -> None:
+    base = {**BASE, "BROKER_KEY_DIR": str(tmp_path)}
+    defaults = Settings.from_env(base)
+    assert (defaults.header_timeout, defaults.body_timeout) == (10, 30)
+    chosen = Settings.from_env({**base, "BROKER_HEADER_TIMEOUT": "2", "BROKER_BODY_TIMEOUT": "3"})
+    assert (chosen.header_timeout, chosen.body_timeout) == (2, 3)
+    for variable, value in (("BROKER_HEADER_TIMEOUT", "0"), ("BROKER_BODY_TIMEOUT", "forever")):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({**base, variable: value})
+        assert caught.value.variable == variable

@@ -19,7 +19,6 @@ This module reads holders and consents to check a receipt against them; the log 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.audit.log import append_event
 from broker.audit.models import AccessReceipt
 from broker.audit.tags import EventTag
@@ -103,7 +103,7 @@ def _issuer_of(token: str) -> str:
     if len(parts) != 3:
         raise ReceiptInvalid("the body is not a compact JWS")
     try:
-        claims = json.loads(b64url_decode(parts[1], "payload"))
+        claims = strictjson.loads(b64url_decode(parts[1], "payload"))
     except (JoseError, ValueError, UnicodeDecodeError):
         raise ReceiptInvalid("the receipt's payload is not a JSON object") from None
     iss = claims.get("iss") if isinstance(claims, dict) else None

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from anyio import to_thread
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, Parameter
+from litestar.params import FromQuery, Parameter
 from sqlalchemy.orm import Session
 
 from broker.audit.checkpoints import checkpoint_at, checkpoint_json, consistency, inclusion, latest_checkpoint
@@ -21,7 +21,7 @@ from broker.consent.pages import api_action
 from broker.consent.patients.models import Patient
 from broker.db import utcnow
 from broker.errors import NotFound
-from broker.http import NO_STORE, in_transaction
+from broker.http import NO_STORE, Position, in_transaction
 
 # Checkpoints and proofs are the same for everyone and change every few seconds at most.
 PUBLIC_CACHE = {"Cache-Control": "public, max-age=5"}
@@ -57,14 +57,14 @@ async def latest(state: State) -> Response[Any]:
 
 
 @get("/api/audit/checkpoints/{tree_size:int}", tags=["audit"], summary="The signed checkpoint of a tree size")
-async def checkpoint(state: State, tree_size: FromPath[int]) -> Response[Any]:
+async def checkpoint(state: State, tree_size: Position) -> Response[Any]:
     body = await in_transaction(state.session_factory, lambda s: checkpoint_json(checkpoint_at(s, tree_size)))
     return Response(body, headers=PUBLIC_CACHE)
 
 
 @get("/api/audit/proofs/inclusion", tags=["audit"], summary="RFC 9162 inclusion proof of one leaf")
 async def inclusion_proof(
-    state: State, leaf_index: FromQuery[int], tree_size: FromQuery[int]
+    state: State, leaf_index: Position, tree_size: Position
 ) -> Response[Any]:
     body = await in_transaction(
         state.session_factory, lambda s: inclusion(s, leaf_index=leaf_index, tree_size=tree_size)
@@ -73,7 +73,7 @@ async def inclusion_proof(
 
 
 @get("/api/audit/proofs/consistency", tags=["audit"], summary="RFC 9162 consistency proof of two checkpoints")
-async def consistency_proof(state: State, first: FromQuery[int], second: FromQuery[int]) -> Response[Any]:
+async def consistency_proof(state: State, first: Position, second: Position) -> Response[Any]:
     body = await in_transaction(state.session_factory, lambda s: consistency(s, first=first, second=second))
     return Response(body, headers=PUBLIC_CACHE)
 

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.audit.checkpoints import checkpoint_json, latest_checkpoint, load_tree
 from broker.audit.log import iso
 from broker.audit.models import AuditEvent, AuditSalt
@@ -59,7 +60,7 @@ def _encode_cursor(event: AuditEvent) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, event_id = json.loads(raw)
+        at, event_id = strictjson.loads(raw)
         if not isinstance(at, str) or not isinstance(event_id, int) or isinstance(event_id, bool):
             raise ValueError
         parsed = datetime.fromisoformat(at)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.audit.log import append_event
 from broker.audit.tags import EventTag
 from broker.catalog import repository
@@ -430,7 +431,7 @@ def _encode_cursor(app: App) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        name_key, client_id = json.loads(raw)
+        name_key, client_id = strictjson.loads(raw)
         if not isinstance(name_key, str) or not isinstance(client_id, str):
             raise ValueError
     except (ValueError, TypeError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from sqlalchemy import Table, and_, bindparam, select
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.audit.log import append_event
 from broker.audit.tags import EventTag
 from broker.catalog.models import App, Holder
@@ -146,7 +146,7 @@ def parse_requested(
     requests = _manifest_requests(app)
     if authorization_details:
         try:
-            details = json.loads(authorization_details)
+            details = strictjson.loads(authorization_details)
         except ValueError:
             raise InvalidAuthorizationDetails("authorization_details: not valid JSON") from None
         if not isinstance(details, list) or not details or len(details) > 20:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
@@ -11,9 +10,9 @@ from urllib.parse import parse_qsl
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.catalog.models import App, Holder
 from broker.consent import oauth
 from broker.consent.events import revocation_stream
@@ -24,7 +23,7 @@ from broker.consent.service import LIST_SIZE, status_list_values
 from broker.consent.status_list import StatusList, status_list_token
 from broker.db import utcnow
 from broker.errors import InvalidClient, InvalidDPoPProof, InvalidRequest
-from broker.http import NO_STORE, in_transaction
+from broker.http import NO_STORE, Position, in_transaction
 from broker.outbound import JwksCache, OutboundPolicy, OutboundRefused
 
 # How long a holder may cache a status list: the delay before a revocation reaches a holder
@@ -37,7 +36,12 @@ async def oauth_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-    raw = (await request.body()).decode("utf-8", errors="strict")
+    try:
+        raw = (await request.body()).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not UTF-8") from None
+    if "\x00" in raw or "%00" in raw:
+        raise InvalidRequest("the body contains a NUL character (%00)")
     pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, max_num_fields=50)
     form: dict[str, str] = {}
     for key, value in pairs:
@@ -65,7 +69,7 @@ def _unverified_kid(assertion: str) -> str | None:
     if len(header) > 2048:
         return None  # the verifier refuses the token anyway
     try:
-        kid = json.loads(b64url_decode(header, "header")).get("kid")
+        kid = strictjson.loads(b64url_decode(header, "header")).get("kid")
     except (JoseError, ValueError, AttributeError):
         return None
     return kid if isinstance(kid, str) else None
@@ -245,9 +249,11 @@ async def revoke(request: Request[Any, Any, Any], state: State) -> Response[dict
 
 
 @get("/status/{list_id:int}", tags=["oauth"], summary="Token Status List (IETF OAuth draft)")
-async def status_list(state: State, list_id: FromPath[int]) -> Response[str]:
+async def status_list(state: State, list_id: Position) -> Response[str]:
     settings = state.settings
-    if list_id < 0:
+    # Status entries have 32-bit ids: a list past them cannot exist (and PostgreSQL would
+    # refuse the bound in the query).
+    if (list_id + 1) * LIST_SIZE > 2**31:
         raise InvalidRequest("no such status list")
     now = utcnow()
     values = await in_transaction(state.session_factory, lambda s: status_list_values(s, list_id, now))

@@ -14,7 +14,6 @@ configuration of their own; the broker's statement about them is where their cha
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from broker import strictjson
 from broker.catalog.models import App, Holder
 from broker.consent.proofs.jose import JoseError, b64url_decode
 from broker.errors import NotFound
@@ -138,7 +138,7 @@ def _payload(token: str) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a compact JWS")
-    value = json.loads(b64url_decode(parts[1], "payload"))
+    value = strictjson.loads(b64url_decode(parts[1], "payload"))
     if not isinstance(value, dict):
         raise ValueError("payload is not an object")
     return value

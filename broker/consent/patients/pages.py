@@ -57,7 +57,9 @@ async def form_fields(request: Request[Any, Any, Any], *names: str) -> dict[str,
     values: dict[str, str] = {}
     for name in (CSRF_FIELD, "next", *names):
         value = form.get(name)
-        values[name] = value[:MAX_FIELD] if isinstance(value, str) else ""
+        # A NUL (which PostgreSQL text cannot hold) empties the field: the page then says
+        # what is missing, as for a field left blank.
+        values[name] = value[:MAX_FIELD] if isinstance(value, str) and "\x00" not in value else ""
     return values
 
 
