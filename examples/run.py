@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -41,7 +42,14 @@ WALKTHROUGH = """
      laboratoire, sans passer par le courtier.
   5. Retirer le consentement : {broker}/my/consents → « Retirer ».
   6. Rechargez {app} : « Accès retiré », le laboratoire refuse désormais l'application.
+  7. Et aussi :
+     {broker}/my/history     tout ce qui s'est passé ;
+     {broker}/my/download    vos données, du laboratoire et de l'assurance directement
+                                        à votre navigateur ;
+     {broker}/my/caregivers  confier vos accords à un proche (invitez antoine@demo.example,
+                                        puis connectez-vous en Antoine pour accepter).
 
+  Journaux des quatre serveurs : {logs}/
   Ctrl-C arrête tout.
 """
 
@@ -114,6 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     python = sys.executable
+    # Each server's log lines go to a file of its own: the console keeps the walkthrough.
+    logs = args.var / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def log_file(name: str) -> IO[bytes]:
+        return open(logs / f"{name}.log", "ab")  # the launcher lives as long as the servers
+
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Ctrl-C reaches the whole process group: each server stops on its own, and the launcher
     # waits for them. Installed explicitly: a shell may start us with SIGINT ignored.
@@ -121,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker_process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-            [python, "-m", "broker.cli", "serve"], cwd=ROOT, env=env
+            [python, "-m", "broker.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file("broker"),
+            stderr=subprocess.STDOUT,
         )
         processes.append(("broker", broker_process))
         _wait(f"{broker}/.well-known/oauth-authorization-server", broker_process, "the broker")
@@ -142,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
                 cwd=ROOT,
                 env=env,
+                stdout=log_file(identifier),
+                stderr=subprocess.STDOUT,
             )
             processes.append((identifier, process))
         app_process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
@@ -160,11 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             cwd=ROOT,
             env=env,
+            stdout=log_file("diabetes-app"),
+            stderr=subprocess.STDOUT,
         )
         processes.append(("diabetes-app", app_process))
         for (name, process), url in zip(processes[1:], (lab, insurer, app), strict=True):
             _wait(f"{url}/health", process, name)
-        print(WALKTHROUGH.format(broker=broker, app=app, lab=lab, insurer=insurer), flush=True)
+        print(WALKTHROUGH.format(broker=broker, app=app, lab=lab, insurer=insurer, logs=logs), flush=True)
         while all(p.poll() is None for _, p in processes):
             time.sleep(0.5)
         time.sleep(0.5)  # a Ctrl-C that stopped a server reaches us too: let it win the race
@@ -177,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stop(processes)
     except SystemExit:
         _stop(processes)
+        print(f"the servers' logs are in {logs}/", file=sys.stderr)
         raise
 
 
