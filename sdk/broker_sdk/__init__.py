@@ -58,7 +58,7 @@ from broker_sdk.link import (
 from broker_sdk.receipts import DeliveryReport, ReceiptSender
 from broker_sdk.verifier import HolderVerifier, VerifiedToken, verify_token
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AccessToken",

@@ -132,4 +132,4 @@ def test_console_script_is_installed() -> None:
     answer = subprocess.run(
         [str(bin_dir / "broker-sdk"), "--version"], capture_output=True, text=True, check=False
     )
-    assert answer.returncode == 0 and "broker-sdk 0.1.0" in answer.stdout
+    assert answer.returncode == 0 and "broker-sdk 0.2.0" in answer.stdout
