@@ -68,6 +68,10 @@ def _committed(connection: Any) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(connection: Any) -> None:
+    # A connection the database dropped (a restart) is being discarded with its ``info``;
+    # touching it now would raise instead of letting the rollback finish (a 500, not a 503).
+    if connection.dialect.name == "postgresql" or connection.invalidated:
+        return
     connection.info.pop(_PENDING, None)
 
 

@@ -288,3 +288,26 @@ def _refused_within(holder: object, token: str, error: type[Exception], seconds:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_a_connection_the_database_dropped_gives_its_own_error(db_url: str) -> None:
+    """A unit of work whose connection the database terminated (a restart) must fail with the
+    driver's error, which the app answers with a retryable 503; the push hooks on rollback
+    must not turn it into another error (it was a 500 under the fault test)."""
+    from sqlalchemy.exc import OperationalError
+
+    from broker.db import make_session_factory, transaction
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a connection terminated by the server is a PostgreSQL matter")
+    engine = make_engine(db_url)
+    admin = make_engine(db_url)
+    try:
+        with pytest.raises(OperationalError), transaction(make_session_factory(engine)) as session:
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with admin.begin() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            session.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+        admin.dispose()
