@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker import __version__
@@ -34,7 +34,14 @@ from broker.consent.patients import patient_pages, patient_state
 from broker.consent.patients.rendering import render_page
 from broker.consent.push import PushHub
 from broker.consent.routes import oauth_routes
-from broker.db import make_engine, make_session_factory, transaction, utcnow
+from broker.db import (
+    DATABASE_RETRY_AFTER,
+    database_unreachable,
+    make_engine,
+    make_session_factory,
+    transaction,
+    utcnow,
+)
 from broker.discovery import authorization_server_metadata, jwks, metadata
 from broker.errors import BrokerError, InvalidToken, OAuthError
 from broker.federation.routes import federation_routes
@@ -55,7 +62,6 @@ log = logging.getLogger("broker")
 
 TEMPLATES = Path(__file__).parent / "web" / "templates"
 # Endpoints whose errors take the RFC 6749 §5.2 form (``error``, ``error_description``).
-DATABASE_RETRY_AFTER = 1  # seconds, on a 503 while the database is out of reach
 OAUTH_PATHS = ("/register", "/token", "/par", "/revoke", "/introspect")
 
 SECURITY_HEADERS = {
@@ -160,7 +166,7 @@ def handle_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> R
     Nothing was committed by the request that failed so (its transaction rolled back), so
     the client may send it again after ``Retry-After``. Other database errors are bugs: 500.
     """
-    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+    if not database_unreachable(exc):
         return handle_unexpected(request, exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
     detail = "the broker's database is out of reach for a moment; try again shortly"

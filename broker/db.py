@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -163,3 +164,13 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             session.rollback()
             raise
         session.commit()
+
+
+# Seconds a client is asked to wait (``Retry-After``) while the database is out of reach.
+DATABASE_RETRY_AFTER = 1
+
+
+def database_unreachable(exc: DBAPIError) -> bool:
+    """True when ``exc`` says the database is out of reach (restarting, fail-over, network):
+    the unit of work rolled back and may be tried again. Any other database error is a bug."""
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError | InterfaceError)

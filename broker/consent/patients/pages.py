@@ -8,6 +8,7 @@ succeeds answers 303 (SECURITY A1 §4.12).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromQuery
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker.consent.patients import account, cookies, oidc, service
@@ -26,11 +28,13 @@ from broker.consent.patients.models import Patient
 from broker.consent.patients.passwords import HashingBusy, PasswordHashing
 from broker.consent.patients.rendering import page_language, render_page, safe_next
 from broker.consent.patients.sessions import login_redirect, patient_from_request, session_id_hash
-from broker.db import utcnow
+from broker.db import DATABASE_RETRY_AFTER, database_unreachable, utcnow
 from broker.errors import BrokerError
 from broker.http import client_address, in_transaction
 from broker.settings import Settings
 from broker.web.i18n import LANGUAGE_COOKIE, LANGUAGES
+
+log = logging.getLogger(__name__)
 
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_FIELD = 4096  # no field of these forms is longer; bigger ones are cut before any work
@@ -439,9 +443,21 @@ def page_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     return render_page(request, "patients/error.html", status_code=status, headers=headers, code=code)
 
 
+def page_database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    """The database out of reach for a moment (a restart): a readable page saying to try again
+    shortly, with ``Retry-After``; nothing was changed. Any other database error is a bug."""
+    if not database_unreachable(exc):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return render_page(request, "patients/error.html", status_code=500, code="internal")
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER)}
+    return render_page(request, "patients/error.html", status_code=503, headers=headers, code="unavailable")
+
+
 PAGE_EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     BrokerError: page_error_handler,
     HTTPException: page_error_handler,
+    DBAPIError: page_database_error,
 }
 
 patient_pages = Router(
