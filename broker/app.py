@@ -288,7 +288,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def too_many_requests_page(request: Request[Any, Any, Any], wait: int) -> Response[Any]:
         return render_page(request, "patients/error.html", status_code=429, code="throttled")
 
-    rate_limits = RateLimits(settings, page=too_many_requests_page)
+    # Kept in the state, where the tests read its buckets.
+    rate_limits = state.rate_limits = RateLimits(settings, page=too_many_requests_page)
 
     async def before_request(request: Request[Any, Any, Any]) -> Response[Any] | None:
         refuse_nul_characters(request)  # a 400 before anything reads the request

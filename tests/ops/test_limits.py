@@ -228,6 +228,6 @@ def test_a_request_refused_by_its_address_spends_nothing_of_the_app(limited: Any
     statuses = [_token_request(client, "app-a").status_code for _ in range(5)]
     assert statuses[2:] == [429, 429, 429]
     # the app's allowance (3) was spent twice only: one more request (from anywhere) passes
-    app_bucket = client.app.before_request.limiters["client"]
+    app_bucket = client.app.state.rate_limits.limiters["client"]
     assert app_bucket.take("token:client:" + _digest("app-a")) == 0
     assert app_bucket.take("token:client:" + _digest("app-a")) > 0
