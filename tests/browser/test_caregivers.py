@@ -211,20 +211,22 @@ def test_a_caregiver_helps_within_the_limits_set(
     assert helper.locator("form[action$='/revoke']").count() == 0
     delegation_path = helper.url.removeprefix(broker.url)
     _recorded_before = _recorded(broker, consent_id)
-    helper.evaluate(
-        """([action, token]) => {
-            const form = document.createElement("form");
-            form.method = "post";
-            form.action = action;
-            const input = document.createElement("input");
-            input.type = "hidden"; input.name = "csrf_token"; input.value = token;
-            form.appendChild(input);
-            document.body.appendChild(form);
-            form.submit();
-        }""",
-        [f"{delegation_path}/consents/{consent_id}/revoke", _csrf(helper, broker)],
-    )
-    helper.wait_for_load_state()
+    token = _csrf(helper, broker)
+    # The submission navigates: wait for that navigation itself, not for the current page.
+    with helper.expect_navigation():
+        helper.evaluate(
+            """([action, token]) => {
+                const form = document.createElement("form");
+                form.method = "post";
+                form.action = action;
+                const input = document.createElement("input");
+                input.type = "hidden"; input.name = "csrf_token"; input.value = token;
+                form.appendChild(input);
+                document.body.appendChild(form);
+                form.submit();
+            }""",
+            [f"{delegation_path}/consents/{consent_id}/revoke", token],
+        )
     assert helper.locator("h1").inner_text() == texts["refused"]
     check_page(helper, axe, language)
     shoot(helper, f"caregivers-refused-{language}")
